@@ -1,0 +1,227 @@
+"""Charsets, tokenizers and evaluation protocols: the one text layer every model shares.
+
+Imports nothing else of masterocr. Ids are fixed by the charset alone, so a checkpoint that stores its
+charset string can always rebuild the exact tokenizer it was trained with.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import unicodedata
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+DIGITS = string.digits
+LOWER = string.ascii_lowercase
+UPPER = string.ascii_uppercase
+# string.printable[:94] is digits, letters, punctuation: printable ASCII without whitespace.
+BUILTIN_CHARSETS = {
+    "36": DIGITS + LOWER,
+    "62": DIGITS + LOWER + UPPER,
+    "94": string.printable[:94],
+}
+DEFAULT_MAX_LENGTH = 25
+
+
+def load_charset(spec: str | Sequence[str], with_space: bool = False) -> str:
+    """Resolve a charset: a built-in name ("36", "62", "94"), a file with one character per line, or a string.
+
+    A file may hold thousands of characters (e.g. a Chinese list). Duplicates are removed keeping the first.
+    """
+    if isinstance(spec, (list, tuple)):
+        chars = "".join(spec)
+    else:
+        spec = str(spec)
+        if spec in BUILTIN_CHARSETS:
+            chars = BUILTIN_CHARSETS[spec]
+        elif os.path.isfile(spec):
+            with open(spec, encoding="utf-8") as f:
+                # One character per line; a line holding a single space is the space character.
+                lines = [line.rstrip("\r\n") for line in f]
+            bad = [(i + 1, line) for i, line in enumerate(lines) if len(line) > 1]
+            if bad:
+                raise ValueError(f"charset file {spec}: line {bad[0][0]} holds {bad[0][1]!r}, expected one character")
+            chars = "".join(line for line in lines if line)
+        else:
+            chars = spec
+    chars = unicodedata.normalize("NFC", chars)
+    if with_space and " " not in chars:
+        chars += " "
+    unique = "".join(dict.fromkeys(chars))
+    if not unique:
+        raise ValueError(f"charset {spec!r} is empty")
+    return unique
+
+
+def normalize_label(label: str, charset: str) -> str:
+    """Canonical form of a label for training against `charset`.
+
+    NFC only (never NFKD/ASCII folding, which would delete non-Latin text). If the charset has no upper-case
+    letters but has lower-case ones, the label is lower-cased, as a case-insensitive model is trained.
+    """
+    label = unicodedata.normalize("NFC", label).strip()
+    if not any(c.isupper() for c in charset) and any(c.islower() for c in charset):
+        label = label.lower()
+    return label
+
+
+# ---- evaluation protocols -------------------------------------------------------------------------------
+
+def protocol_36(text: str) -> str:
+    """The standard benchmark protocol: lower-case, keep only [0-9a-z]."""
+    return "".join(c for c in text.lower() if c in BUILTIN_CHARSETS["36"])
+
+
+def protocol_62(text: str) -> str:
+    """Case-sensitive letters and digits."""
+    return "".join(c for c in text if c in BUILTIN_CHARSETS["62"])
+
+
+def protocol_94(text: str) -> str:
+    """Printable ASCII without whitespace, case-sensitive."""
+    return "".join(c for c in text if c in BUILTIN_CHARSETS["94"])
+
+
+def protocol_raw(text: str) -> str:
+    """No filtering: Unicode NFC and trimmed outer whitespace (for Chinese and other scripts)."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+PROTOCOLS: dict[str, Callable[[str], str]] = {
+    "36": protocol_36,
+    "62": protocol_62,
+    "94": protocol_94,
+    "raw": protocol_raw,
+}
+
+
+def get_protocol(name: str) -> Callable[[str], str]:
+    try:
+        return PROTOCOLS[str(name)]
+    except KeyError:
+        raise ValueError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}") from None
+
+
+# ---- tokenizers -----------------------------------------------------------------------------------------
+
+@dataclass
+class Decoded:
+    """One decoded sequence: text, probability of each character (and of EOS for attention models)."""
+
+    text: str
+    char_probs: list[float]
+    confidence: float
+
+
+class _Tokenizer:
+    def __init__(self, charset: str | Sequence[str], max_length: int = DEFAULT_MAX_LENGTH):
+        self.charset = load_charset(charset)
+        self.max_length = int(max_length)
+        self._char_to_id: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def in_charset(self, label: str) -> bool:
+        return all(c in self._char_to_id for c in label)
+
+    def _char_ids(self, label: str) -> list[int]:
+        try:
+            return [self._char_to_id[c] for c in label]
+        except KeyError as e:
+            raise ValueError(f"label {label!r} has character {e.args[0]!r} outside the charset") from None
+
+
+class AttentionTokenizer(_Tokenizer):
+    """Tokens for attention decoders: EOS=0, characters 1..N, BOS=N+1, PAD=N+2.
+
+    The classifier predicts `num_classes = N + 1` outputs (EOS and characters); BOS and PAD are inputs only.
+    """
+
+    def __init__(self, charset: str | Sequence[str], max_length: int = DEFAULT_MAX_LENGTH):
+        super().__init__(charset, max_length)
+        self.eos_id = 0
+        self._char_to_id = {c: i + 1 for i, c in enumerate(self.charset)}
+        self.bos_id = len(self.charset) + 1
+        self.pad_id = len(self.charset) + 2
+        self.num_classes = len(self.charset) + 1
+        self.num_tokens = len(self.charset) + 3
+
+    def encode(self, labels: Iterable[str], max_length: int | None = None) -> torch.Tensor:
+        """labels -> (B, L + 2) ids: [BOS, c1..cn, EOS, PAD...], L = max_length (labels longer raise)."""
+        max_length = self.max_length if max_length is None else max_length
+        labels = list(labels)
+        out = torch.full((len(labels), max_length + 2), self.pad_id, dtype=torch.long)
+        for row, label in enumerate(labels):
+            ids = self._char_ids(label)
+            if len(ids) > max_length:
+                raise ValueError(f"label {label!r} is longer than max_length={max_length}")
+            out[row, 0] = self.bos_id
+            out[row, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
+            out[row, len(ids) + 1] = self.eos_id
+        return out
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        """Characters up to the first EOS; BOS/PAD are skipped."""
+        chars = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if 1 <= i <= len(self.charset):
+                chars.append(self.charset[i - 1])
+        return "".join(chars)
+
+    def decode(self, probs: torch.Tensor) -> list[Decoded]:
+        """probs (B, T, num_classes) -> texts; confidence = product of max probs up to and including EOS."""
+        max_probs, ids = probs.float().max(-1)
+        results = []
+        for row_ids, row_probs in zip(ids.tolist(), max_probs.tolist()):
+            chars, char_probs, conf = [], [], 1.0
+            for i, p in zip(row_ids, row_probs):
+                conf *= p
+                if i == self.eos_id:
+                    break
+                chars.append(self.charset[i - 1] if 1 <= i <= len(self.charset) else "")
+                char_probs.append(p)
+            results.append(Decoded("".join(chars), char_probs, conf))
+        return results
+
+
+class CTCTokenizer(_Tokenizer):
+    """Tokens for CTC: blank=0, characters 1..N. `num_classes = N + 1`."""
+
+    def __init__(self, charset: str | Sequence[str], max_length: int = DEFAULT_MAX_LENGTH):
+        super().__init__(charset, max_length)
+        self.blank_id = 0
+        self._char_to_id = {c: i + 1 for i, c in enumerate(self.charset)}
+        self.num_classes = len(self.charset) + 1
+        self.num_tokens = self.num_classes
+
+    def encode(self, labels: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """labels -> (targets (B, max_len) padded with blank, lengths (B,)) for torch.nn.functional.ctc_loss."""
+        encoded = [self._char_ids(label) for label in labels]
+        width = max([len(e) for e in encoded] + [1])
+        targets = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+        return targets, lengths
+
+    def decode(self, probs: torch.Tensor) -> list[Decoded]:
+        """Best-path decoding: probs (B, T, num_classes) -> collapse repeats, drop blanks."""
+        max_probs, ids = probs.float().max(-1)
+        results = []
+        for row_ids, row_probs in zip(ids.tolist(), max_probs.tolist()):
+            chars, char_probs, prev = [], [], self.blank_id
+            for i, p in zip(row_ids, row_probs):
+                if i != prev and i != self.blank_id:
+                    chars.append(self.charset[i - 1])
+                    char_probs.append(p)
+                prev = i
+            conf = float(torch.tensor(row_probs).prod()) if row_probs else 0.0
+            results.append(Decoded("".join(chars), char_probs, conf))
+        return results

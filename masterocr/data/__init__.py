@@ -1,0 +1,1 @@
+"""Data: image pipeline, augmentation, datasets (LMDB, folders, trees), synthetic renderer."""

@@ -1,0 +1,155 @@
+"""Image decoding, resizing and normalisation: the one image pipeline every model and command uses.
+
+Pillow + NumPy + torch only (no torchvision). Images go in as files, bytes, PIL images or arrays and come
+out as (3, H, W) float tensors normalised to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Callable, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+# Refuse decompression bombs early with a clear error instead of exhausting memory.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageError(ValueError):
+    """An image that cannot be decoded; the message names the input."""
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.shape} {source.dtype}>"
+    return f"<{type(source).__name__}>"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparency is composited on white; 16/32-bit grey is rescaled to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.round().astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _array_to_image(arr: np.ndarray) -> Image.Image:
+    """HxW or HxWxC (C in 1, 3, 4) uint8/float array -> PIL. Floats in [0, 1] are scaled to [0, 255]."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageError(f"array of shape {arr.shape} is not an HxW or HxWx3/4 image")
+    if arr.dtype != np.uint8:
+        arr = np.asarray(arr, dtype=np.float64)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def load_image(source: ImageSource, grayscale: bool = False) -> Image.Image:
+    """Decode an image from a path, bytes, PIL image or array into RGB (or L when `grayscale`).
+
+    Applies EXIF orientation. Raises ImageError naming the input when it is missing, empty, truncated,
+    not an image, or larger than MAX_PIXELS.
+    """
+    name = _describe(source)
+    try:
+        if isinstance(source, Image.Image):
+            img = source
+        elif isinstance(source, np.ndarray):
+            img = _array_to_image(source)
+        else:
+            if isinstance(source, (str, os.PathLike)):
+                if not os.path.isfile(source):
+                    raise ImageError(f"{name}: no such file")
+                with open(source, "rb") as f:
+                    data = f.read()
+            else:
+                data = source
+            if not data:
+                raise ImageError(f"{name}: empty file")
+            img = Image.open(io.BytesIO(data))
+            img.load()  # decode now so truncation is caught here, not later
+        img = ImageOps.exif_transpose(img) or img
+        if img.width < 1 or img.height < 1:
+            raise ImageError(f"{name}: image has zero size")
+        img = _to_rgb(img)
+        return img.convert("L") if grayscale else img
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: image too large ({e})") from None
+    except Exception as e:  # PIL raises many types for bad files; name the input and move on
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
+           fill: int | tuple[int, ...] = 0) -> Image.Image:
+    """Resize to exactly (height, width).
+
+    keep_aspect=False stretches (the MASTER/PARSeq default). keep_aspect=True scales to the target height,
+    caps the width, and pads on the right with `fill`.
+    """
+    if not keep_aspect:
+        return img.resize((width, height), Image.BICUBIC)
+    new_w = max(1, min(width, round(img.width * height / img.height)))
+    scaled = img.resize((new_w, height), Image.BICUBIC)
+    if new_w == width:
+        return scaled
+    canvas = Image.new(img.mode, (width, height), fill)
+    canvas.paste(scaled, (0, 0))
+    return canvas
+
+
+def to_tensor(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
+    """PIL -> (C, H, W) float tensor, (x/255 - mean) / std: [-1, 1] with the defaults."""
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    tensor = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return (tensor / 255.0 - mean) / std
+
+
+class ImageTransform:
+    """load -> (augment) -> resize -> normalise. One object, shared by training, evaluation and reading."""
+
+    def __init__(self, height: int, width: int, keep_aspect: bool = False, grayscale: bool = False,
+                 augment: Callable[[Image.Image], Image.Image] | None = None,
+                 mean: float = 0.5, std: float = 0.5):
+        self.height, self.width = int(height), int(width)
+        self.keep_aspect = keep_aspect
+        self.grayscale = grayscale
+        self.augment = augment
+        self.mean, self.std = mean, std
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def __call__(self, source: ImageSource) -> torch.Tensor:
+        img = load_image(source, grayscale=self.grayscale)
+        if self.augment is not None:
+            img = self.augment(img)
+        img = resize(img, self.height, self.width, self.keep_aspect)
+        return to_tensor(img, self.mean, self.std)
