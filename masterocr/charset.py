@@ -6,6 +6,7 @@ charset string can always rebuild the exact tokenizer it was trained with.
 
 from __future__ import annotations
 
+import functools
 import os
 import string
 import unicodedata
@@ -62,10 +63,17 @@ def normalize_label(label: str, charset: str) -> str:
     NFC only (never NFKD/ASCII folding, which would delete non-Latin text). If the charset has no upper-case
     letters but has lower-case ones, the label is lower-cased, as a case-insensitive model is trained.
     """
+    charset = BUILTIN_CHARSETS.get(charset, charset)  # accept a built-in name, as load_charset does
     label = unicodedata.normalize("NFC", label).strip()
-    if not any(c.isupper() for c in charset) and any(c.islower() for c in charset):
+    if _is_case_insensitive(charset):
         label = label.lower()
     return label
+
+
+@functools.lru_cache(maxsize=64)
+def _is_case_insensitive(charset: str) -> bool:
+    """Lower-case letters but no upper-case ones (cached: charsets can hold thousands of characters)."""
+    return not any(c.isupper() for c in charset) and any(c.islower() for c in charset)
 
 
 # ---- evaluation protocols -------------------------------------------------------------------------------

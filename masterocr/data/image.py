@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Callable, Union
 
 import numpy as np
@@ -89,7 +90,12 @@ def load_image(source: ImageSource, grayscale: bool = False) -> Image.Image:
                 data = source
             if not data:
                 raise ImageError(f"{name}: empty file")
-            img = Image.open(io.BytesIO(data))
+            with warnings.catch_warnings():  # PIL only warns between 1x and 2x MAX_PIXELS; we refuse below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:  # checked from the header, before decoding
+                raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels, "
+                                 f"limit {MAX_PIXELS})")
             img.load()  # decode now so truncation is caught here, not later
         img = ImageOps.exif_transpose(img) or img
         if img.width < 1 or img.height < 1:
@@ -98,6 +104,8 @@ def load_image(source: ImageSource, grayscale: bool = False) -> Image.Image:
         return img.convert("L") if grayscale else img
     except ImageError:
         raise
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file (unknown format)") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: image too large ({e})") from None
     except Exception as e:  # PIL raises many types for bad files; name the input and move on

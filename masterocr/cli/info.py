@@ -1,0 +1,141 @@
+"""`masterocr info NAME|CONFIG|CHECKPOINT`: architecture summary of a model.
+
+Parameters per part (backbone, GC blocks, encoder, decoder, head), input size, memory tokens, charset size,
+and forward GFLOPs per image counted with torch.utils.flop_counter (matmul/conv FLOPs, 2 per multiply-add).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+# Top-level attribute -> part name; anything else is reported under its own attribute name.
+PARTS = {"backbone": "backbone", "memory_proj": "encoder", "memory_pos": "encoder", "encoder": "encoder",
+         "encoder_norm": "encoder", "embed": "decoder", "target_pos": "decoder", "decoder": "decoder",
+         "norm": "decoder", "head": "head"}
+PART_ORDER = ["backbone", "GC blocks", "encoder", "decoder", "head"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info", help="architecture summary: parameters per part, input size, memory tokens, GFLOPs",
+        description="Summarise a model given as a config name (e.g. master, master-small), a YAML config file, "
+                    "bundled weights, a .safetensors file or a training checkpoint.")
+    p.add_argument("model", metavar="NAME|CONFIG|CHECKPOINT")
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="count memory tokens and FLOPs at this input size instead of the model's own")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=run)
+
+
+def load_any(spec: str):
+    """(model, model config dict, source description) from a config name/file or weights."""
+    from masterocr.config import config_names, load_config, to_dict
+    from masterocr.models import build_model
+
+    path = Path(spec)
+    is_weights = path.suffix in WEIGHT_SUFFIXES
+    if not is_weights and (spec in config_names() or path.suffix in (".yaml", ".yml")):
+        cfg = load_config(spec)
+        if "model" not in cfg:
+            raise ValueError(f"config {spec!r} has no model: section")
+        model_cfg = to_dict(cfg.model)
+        return build_model(model_cfg), model_cfg, f"config {spec} (random weights)"
+    try:
+        from masterocr import weights
+    except ImportError:
+        raise ValueError(f"{spec!r} is not a config name or YAML file, and reading weights needs "
+                         f"masterocr.weights") from None
+    model, model_cfg = weights.load_model(spec)
+    return model, model_cfg, f"weights {spec}"
+
+
+def parameter_parts(model) -> dict[str, int]:
+    """Parameters per part; GC blocks are taken out of whatever part holds them."""
+    from masterocr.models.layers import MultiAspectGCBlock
+
+    parts: dict[str, int] = {}
+    for name, child in model.named_children():
+        n = sum(p.numel() for p in child.parameters())
+        if n:
+            part = PARTS.get(name, name)
+            parts[part] = parts.get(part, 0) + n
+    gc = [(name, m) for name, m in model.named_modules() if isinstance(m, MultiAspectGCBlock)]
+    for name, block in gc:
+        n = sum(p.numel() for p in block.parameters())
+        top = PARTS.get(name.split(".")[0], name.split(".")[0])
+        parts[top] -= n
+        parts["GC blocks"] = parts.get("GC blocks", 0) + n
+    ordered = {k: parts[k] for k in PART_ORDER if k in parts}
+    ordered.update({k: v for k, v in parts.items() if k not in ordered})
+    return ordered
+
+
+def count_flops(model, height: int, width: int) -> dict[str, float]:
+    """GFLOPs per image: encoder, one cached decoder step, and a full read of a max-length word."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
+    images = torch.zeros(1, model.in_channels, height, width)
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        if hasattr(model, "decode_step"):
+            memory = model.encode(images)
+            out["encoder"] = flops(lambda: model.encode(images))
+            out["cache setup (memory K/V, once)"] = flops(lambda: model.init_cache(memory))
+            cache = model.init_cache(memory)
+            token = torch.full((1,), model.tokenizer.bos_id)
+            out["decoder step (cached)"] = flops(lambda: model.decode_step(token, torch.tensor(0), cache, False))
+            steps = model.max_steps
+            out[f"read, {steps} cached steps (total)"] = (out["encoder"] + out["cache setup (memory K/V, once)"]
+                                                        + steps * out["decoder step (cached)"])
+            targets = torch.full((1, steps), model.tokenizer.bos_id)
+            out[f"training forward, {steps} positions"] = flops(lambda: model(images, targets))
+        else:
+            out["forward"] = flops(lambda: model(images))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    model, model_cfg, source = load_any(args.model)
+    model.eval()
+    height, width = args.img_size or model.img_size
+    if hasattr(model, "feature_size"):
+        fh, fw = model.feature_size(height, width)
+        memory = {"feature_map": [fh, fw], "tokens": fh * fw}
+    else:
+        memory = None
+    tok = model.tokenizer
+    parts = parameter_parts(model)
+    total = sum(p.numel() for p in model.parameters())
+    gflops = count_flops(model, height, width)
+    summary = {
+        "source": source, "name": model_cfg.get("name"), "parameters": total, "parameters_per_part": parts,
+        "input_size": [model.in_channels, height, width], "memory": memory,
+        "charset_size": len(tok.charset), "num_classes": tok.num_classes, "max_label_length": tok.max_length,
+        "gflops_per_image": {k: round(v, 4) for k, v in gflops.items()},
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['name']}  ({source})")
+    print(f"  input            {model.in_channels} x {height} x {width}")
+    if memory:
+        print(f"  memory           {fh} x {fw} = {fh * fw} tokens")
+    print(f"  charset          {len(tok.charset)} characters, {tok.num_classes} classes, "
+          f"max label length {tok.max_length}")
+    print(f"  parameters       {total:,} ({total / 1e6:.2f} M)")
+    for part, n in parts.items():
+        print(f"    {part:<14} {n:>12,}  {100 * n / total:5.1f}%")
+    print("  GFLOPs per image")
+    for what, g in gflops.items():
+        print(f"    {what:<38} {g:9.3f}")
+    return 0

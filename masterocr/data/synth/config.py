@@ -1,0 +1,215 @@
+"""Every knob of the synthetic renderer in one dataclass tree, with defaults tuned to look like cropped photos.
+
+Each appearance effect is an `Effect(p, strength)`: applied to a sample with probability `p`, at a magnitude
+scaled by `strength` (what strength means is written next to each effect). Configs can be given as a
+SynthConfig, a nested dict, a YAML/JSON file, or `key=value` overrides (`effects.blur.p=0.5`); unknown keys are
+errors, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class Effect:
+    """Apply with probability `p`; `strength` scales the magnitude (see each field of Effects)."""
+
+    p: float = 0.0
+    strength: float = 1.0
+
+
+@dataclass
+class TextConfig:
+    # Relative sampling weights of the text sources (normalised over the sources usable with the charset):
+    # words: dictionary words; pseudo: pronounceable made-up words; random: any charset characters;
+    # numbers, dates, prices, codes (serials, plates, room numbers); corpus: chunks of lines of corpus_files.
+    weights: dict[str, float] = field(default_factory=lambda: {
+        "words": 0.56, "pseudo": 0.06, "random": 0.07, "numbers": 0.09, "dates": 0.04, "prices": 0.05,
+        "codes": 0.13, "corpus": 1.0})
+    # Case of words as signs write them: relative weights of lower / UPPER / Title / mIxEd.
+    case_weights: dict[str, float] = field(default_factory=lambda: {
+        "lower": 0.34, "upper": 0.40, "title": 0.23, "mixed": 0.03})
+    # Word lists (one word per line). Empty: every default list found (/usr/share/dict/words, ...).
+    wordlists: list[str] = field(default_factory=list)
+    # Any UTF-8 text files; lines are cut into chunks over the charset (the way to feed CJK or domain text).
+    # The "corpus" weight only counts when this list is non-empty.
+    corpus_files: list[str] = field(default_factory=list)
+    # Length limits of random strings (the dataset's max_length caps every source).
+    random_min_length: int = 1
+    random_max_length: int = 10
+    # Probability that a word gets a punctuation mark glued to it (when the charset has one): "SALE!", "(24)".
+    punctuation_p: float = 0.08
+
+
+@dataclass
+class FontConfig:
+    # Font files or directories searched recursively (.ttf, .otf, .ttc). Empty: the system font directories.
+    dirs: list[str] = field(default_factory=list)
+    # A font is kept when it renders at least this fraction of the characters to render (text is then always
+    # drawn with a font that renders every one of its characters).
+    min_coverage: float = 0.3
+    # Sampling weight of a collection (a font's parent folder name, e.g. "aenigma"); default 1. A collection's
+    # weight is shared by its fonts, so 400 display faces do not drown 20 text faces.
+    group_weights: dict[str, float] = field(default_factory=lambda: {"aenigma": 0.8})
+    # Weight multiplier of hairline/thin/light faces (by file name): they vanish under blur at 32 pixels.
+    light_weight: float = 0.3
+
+
+@dataclass
+class BackgroundConfig:
+    # Relative weights of the background kinds; "image" counts only when image files are found.
+    weights: dict[str, float] = field(default_factory=lambda: {
+        "solid": 0.22, "gradient": 0.2, "texture": 0.38, "image": 0.2})
+    # Folders of natural images or photographed textures (crops of them become backgrounds). Empty: defaults
+    # that exist on this machine (the mypaint paper/canvas textures).
+    image_dirs: list[str] = field(default_factory=list)
+    # Contrast of procedural textures and of natural images behind the text (0: flat, 1: full).
+    texture_strength: float = 0.35
+    image_strength: float = 0.6
+    # Number of procedural textures generated once per process (deterministically) to crop from.
+    bank_size: int = 24
+
+
+@dataclass
+class ColourConfig:
+    # Minimum luminance difference (0..1) between text and background mean colour.
+    min_contrast: float = 0.3
+    # Probability that a colour is achromatic (black/white/grey), as much of real signage is.
+    grey_p: float = 0.45
+
+
+@dataclass
+class CropConfig:
+    # Padding around the tight text box, in units of the text height: uniform in [lo, hi] per side.
+    # Slightly negative values cut into the ink, as a detector's box sometimes does.
+    pad_top: list[float] = field(default_factory=lambda: [-0.04, 0.28])
+    pad_bottom: list[float] = field(default_factory=lambda: [-0.04, 0.28])
+    pad_left: list[float] = field(default_factory=lambda: [-0.02, 0.35])
+    pad_right: list[float] = field(default_factory=lambda: [-0.02, 0.35])
+    # Font size in pixels relative to the output height. Glyphs are drawn once per font at this size and
+    # cached; the warp then scales them into the crop, so size variety comes from padding and rotation.
+    font_size: float = 1.1
+    # Widest crop, as a multiple of the output height (very long strings are squeezed to fit).
+    max_aspect: float = 16.0
+
+
+@dataclass
+class Effects:
+    # Extra letter spacing: tracking uniform in [-0.25, 1] * strength * font size, plus per-gap jitter.
+    kerning: Effect = field(default_factory=lambda: Effect(0.5, 0.18))
+    # Per-glyph size and baseline wobble, as a fraction of the font size (hand-painted and stencil signs).
+    size_jitter: Effect = field(default_factory=lambda: Effect(0.05, 0.06))
+    # Outline around the glyphs of width up to strength * font size.
+    outline: Effect = field(default_factory=lambda: Effect(0.12, 0.08))
+    # Drop shadow offset up to strength * font size, softly blurred.
+    shadow: Effect = field(default_factory=lambda: Effect(0.15, 0.1))
+    # A frame around the text (sign or label edge) at a margin up to strength * text height.
+    border: Effect = field(default_factory=lambda: Effect(0.08, 0.5))
+    # Rotation uniform in +-strength degrees.
+    rotation: Effect = field(default_factory=lambda: Effect(0.5, 6.0))
+    # Horizontal shear factor uniform in +-strength.
+    shear: Effect = field(default_factory=lambda: Effect(0.3, 0.3))
+    # Perspective: each side's scale changes by up to +-strength (projective warp).
+    perspective: Effect = field(default_factory=lambda: Effect(0.4, 0.25))
+    # Text along a circular arc spanning up to strength * 150 degrees (CUTE80-style curved text).
+    curve: Effect = field(default_factory=lambda: Effect(0.06, 1.0))
+    # Text colour gradient (two close colours across the word); strength: how far apart they are.
+    text_gradient: Effect = field(default_factory=lambda: Effect(0.12, 0.5))
+    # 1-2 occluding lines (wires, poles, frame edges) up to strength * height thick.
+    occlusion: Effect = field(default_factory=lambda: Effect(0.06, 0.12))
+    # Lighting: a brightness gradient or glare, of relative amplitude up to strength.
+    lighting: Effect = field(default_factory=lambda: Effect(0.4, 0.5))
+    # Contrast loss (haze, faded paint): blend towards the mean by up to strength.
+    contrast: Effect = field(default_factory=lambda: Effect(0.25, 0.4))
+    # Colour cast / white balance: per-channel gains of +-strength.
+    colour_cast: Effect = field(default_factory=lambda: Effect(0.3, 0.12))
+    # Gaussian blur of radius up to strength * height / 32 pixels.
+    blur: Effect = field(default_factory=lambda: Effect(0.35, 1.3))
+    # Motion blur: a horizontal or vertical streak up to strength * height / 32 pixels.
+    motion_blur: Effect = field(default_factory=lambda: Effect(0.06, 2.5))
+    # Low resolution: downscale to (1 - u * strength) of the size, u uniform in [0, 1], and back up.
+    low_resolution: Effect = field(default_factory=lambda: Effect(0.3, 0.65))
+    # Gaussian sensor noise of standard deviation up to strength * 255.
+    noise: Effect = field(default_factory=lambda: Effect(0.35, 0.06))
+    # JPEG re-encoding at quality 95 - u * strength * 90.
+    jpeg: Effect = field(default_factory=lambda: Effect(0.3, 0.85))
+
+
+@dataclass
+class SynthConfig:
+    text: TextConfig = field(default_factory=TextConfig)
+    fonts: FontConfig = field(default_factory=FontConfig)
+    backgrounds: BackgroundConfig = field(default_factory=BackgroundConfig)
+    colours: ColourConfig = field(default_factory=ColourConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    effects: Effects = field(default_factory=Effects)
+
+
+EFFECT_NAMES = tuple(Effects.__dataclass_fields__)
+
+ConfigSpec = Any  # None | SynthConfig | dict | path | "key=value" | a list of those, applied in order
+
+
+def build_config(spec: ConfigSpec = None) -> SynthConfig:
+    """Defaults, then each override in `spec` in order (dicts, YAML/JSON files, `key=value` strings).
+
+    Raises ValueError naming the offending key or file on unknown keys or wrong types.
+    """
+    if isinstance(spec, SynthConfig):
+        return spec
+    base = OmegaConf.structured(SynthConfig)
+    items = [] if spec is None else (list(spec) if isinstance(spec, (list, tuple)) else [spec])
+    for item in items:
+        try:
+            if isinstance(item, SynthConfig):
+                update = OmegaConf.structured(item)
+            elif isinstance(item, dict):
+                update = OmegaConf.create(item)
+            elif isinstance(item, (str, os.PathLike)) and os.path.isfile(item):
+                update = OmegaConf.load(item)
+            elif isinstance(item, str) and "=" in item:
+                update = OmegaConf.from_dotlist([item])
+            else:
+                raise ValueError(f"synth config {item!r}: not a file, a dict or a key=value override")
+            base = OmegaConf.merge(base, update)
+        except OmegaConfBaseException as e:
+            raise ValueError(f"synth config {item!r}: {e}".split("\n")[0]) from None
+    cfg = OmegaConf.to_object(base)
+    _validate(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def _validate(cfg: SynthConfig) -> None:
+    for name in EFFECT_NAMES:
+        effect = getattr(cfg.effects, name)
+        if not 0.0 <= effect.p <= 1.0:
+            raise ValueError(f"synth config effects.{name}.p = {effect.p}: must be in [0, 1]")
+        if effect.strength < 0:
+            raise ValueError(f"synth config effects.{name}.strength = {effect.strength}: must be >= 0")
+    for section, weights in (("text.weights", cfg.text.weights), ("text.case_weights", cfg.text.case_weights),
+                             ("backgrounds.weights", cfg.backgrounds.weights)):
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"synth config {section} = {dict(weights)}: weights must be >= 0, one > 0")
+    for name in ("pad_top", "pad_bottom", "pad_left", "pad_right"):
+        lo_hi = getattr(cfg.crop, name)
+        if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+            raise ValueError(f"synth config crop.{name} = {lo_hi}: expected [lo, hi] with lo <= hi")
+    if not 0.3 <= cfg.crop.font_size <= 4:
+        raise ValueError(f"synth config crop.font_size = {cfg.crop.font_size}: must be in [0.3, 4]")
+    if cfg.text.random_min_length < 1 or cfg.text.random_max_length < cfg.text.random_min_length:
+        raise ValueError("synth config text.random_min_length/random_max_length: need 1 <= min <= max")
+
+
+def config_to_dict(cfg: SynthConfig) -> dict:
+    """Plain nested dict (for printing or saving next to a baked dataset)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def effect_names() -> Sequence[str]:
+    return EFFECT_NAMES

@@ -1,0 +1,379 @@
+"""Backgrounds, colours and photographic degradations for synthetic words.
+
+Procedural textures are generated once per process from a fixed seed (every DataLoader worker builds the same
+bank), natural images are loaded lazily and kept downscaled; a sample only crops and recolours them. Every
+function takes the sample's numpy Generator and works on small float32 (H, W, 3) arrays in [0, 255].
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .config import BackgroundConfig, ColourConfig, Effect
+from .sampling import cumulative, pick
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_DIRS = ("/usr/share/mypaint/backgrounds",)  # Debian mypaint-data-extras: paper, canvas, cork
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+BANK_SEED = 20240611  # fixed: textures are part of the engine, not of a dataset's seed
+TEXTURE_SHAPE = (160, 640)  # (h, w) of each procedural texture
+MAX_IMAGE_SIDE = 640  # natural images are kept at most this large
+MAX_IMAGES = 400
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+# ---- colours ----------------------------------------------------------------------------------------------
+
+def luminance(rgb: np.ndarray) -> float:
+    """Relative luminance-like brightness of an RGB colour in [0, 255] -> [0, 1] (Rec. 601 weights)."""
+    return float(np.dot(_LUMA, rgb)) / 255.0
+
+
+# Hues of sign paint (red, orange, yellow, green, teal, blue, purple, pink) and how often each is seen.
+_HUES = np.array([0.0, 0.07, 0.14, 0.33, 0.48, 0.6, 0.75, 0.9])
+_HUE_CUM = cumulative([0.22, 0.11, 0.14, 0.16, 0.07, 0.2, 0.05, 0.05])
+
+
+def random_colour(rng: np.random.Generator, grey_p: float = 0.45) -> np.ndarray:
+    """A colour as signs use them: often achromatic, else a paint hue, mostly saturated."""
+    if rng.random() < grey_p:
+        v = rng.beta(0.6, 0.6)  # greys pile up near black and white
+        tint = rng.normal(0, 6, 3)
+        return np.clip(v * 255 + tint, 0, 255).astype(np.float32)
+    h = (_HUES[pick(rng, _HUE_CUM)] + rng.normal(0, 0.03)) % 1.0
+    s, v = rng.uniform(0.3, 1.0) ** 0.7, rng.uniform(0.2, 1.0) ** 0.6
+    return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255
+
+
+def contrasting_colour(rng: np.random.Generator, against: float, min_contrast: float,
+                       grey_p: float = 0.45, tries: int = 8) -> np.ndarray:
+    """A random colour whose luminance differs from `against` (0..1) by at least `min_contrast`."""
+    for _ in range(tries):
+        c = random_colour(rng, grey_p)
+        if abs(luminance(c) - against) >= min_contrast:
+            return c
+    # Fall back to a near-black or near-white of random tint, whichever contrasts more.
+    base = 0.0 if against > 0.5 else 255.0
+    return np.clip(base + rng.normal(0, 12, 3) * (1 if base == 0 else -1), 0, 255).astype(np.float32)
+
+
+def shifted_colour(rng: np.random.Generator, colour: np.ndarray, amount: float) -> np.ndarray:
+    """`colour` moved by up to `amount` (0..1 of the range) in a random direction."""
+    return np.clip(colour + rng.uniform(-1, 1, 3).astype(np.float32) * amount * 255, 0, 255)
+
+
+# ---- procedural textures ----------------------------------------------------------------------------------
+
+def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    img = Image.fromarray(a.astype(np.float32), "F")
+    return np.asarray(img.resize((shape[1], shape[0]), Image.BICUBIC), np.float32)
+
+
+def _fractal_noise(rng: np.random.Generator, shape: tuple[int, int], base: int, octaves: int,
+                   persistence: float, stretch: float = 1.0) -> np.ndarray:
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    amp, total = 1.0, 0.0
+    for o in range(octaves):
+        cells = base * 2 ** o
+        gh = max(2, int(cells * h / w * stretch) + 2)
+        out += amp * _upsample(rng.random((gh, cells + 2)), shape)
+        total += amp
+        amp *= persistence
+    return out / total
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(a, 1), np.percentile(a, 99)
+    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def make_texture(kind: str, rng: np.random.Generator, shape: tuple[int, int] = TEXTURE_SHAPE) -> np.ndarray:
+    """One grey texture in [0, 1] of `shape`: noise, stone, wood, brushed metal, bricks, tiles, dots, paper,
+    stains or hatching."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "noise":
+        t = _fractal_noise(rng, shape, int(rng.integers(4, 12)), 5, 0.6)
+    elif kind == "stone":
+        t = _fractal_noise(rng, shape, int(rng.integers(8, 24)), 5, 0.75)
+        t += 0.5 * (rng.random(shape) > 0.985)
+    elif kind == "wood":
+        warp = _fractal_noise(rng, shape, 6, 3, 0.5, stretch=0.3)
+        freq = rng.uniform(0.05, 0.2)
+        t = 0.5 + 0.5 * np.sin(yy * freq + warp * rng.uniform(6, 14))
+        t = 0.7 * t + 0.3 * _fractal_noise(rng, shape, 40, 2, 0.5, stretch=0.1)
+    elif kind == "metal":
+        t = _fractal_noise(rng, shape, 80, 3, 0.6, stretch=0.05) * 0.8 + 0.2 * rng.random(shape)
+    elif kind in ("bricks", "tiles"):
+        bh = int(rng.integers(12, 40))
+        bw = bh * (int(rng.integers(2, 4)) if kind == "bricks" else 1)
+        row = (yy // bh).astype(np.int64)
+        offset = (row % 2) * (bw // 2) if kind == "bricks" else 0
+        mortar = ((yy % bh) < 2) | (((xx + offset) % bw) < 2)
+        t = 0.8 * _fractal_noise(rng, shape, 30, 3, 0.6) + 0.2
+        t = np.where(mortar, t * 0.35, t)
+    elif kind == "dots":
+        step = int(rng.integers(4, 12))
+        r = step * rng.uniform(0.15, 0.4)
+        d = np.hypot((xx % step) - step / 2, (yy % step) - step / 2)
+        t = np.clip(r + 0.5 - d, 0, 1)
+    elif kind == "paper":
+        t = 0.6 + 0.4 * _fractal_noise(rng, shape, 30, 4, 0.7)
+        img = Image.fromarray((t * 255).astype(np.uint8), "L")
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(100, 300))):
+            x, y = rng.uniform(0, w), rng.uniform(0, h)
+            a, n = rng.uniform(0, np.pi), rng.uniform(3, 15)
+            draw.line((x, y, x + n * np.cos(a), y + n * np.sin(a)), fill=int(rng.integers(90, 200)))
+        t = np.asarray(img.filter(ImageFilter.GaussianBlur(0.6)), np.float32) / 255
+    elif kind == "stains":
+        t = _fractal_noise(rng, shape, 3, 4, 0.55)
+        t = 1 / (1 + np.exp(-(t - t.mean()) * rng.uniform(10, 30)))
+    elif kind == "hatch":
+        step, angle = rng.uniform(3, 9), rng.uniform(0, np.pi)
+        t = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / step)
+        t = 0.6 * t + 0.4 * _fractal_noise(rng, shape, 10, 3, 0.5)
+    else:
+        raise ValueError(f"unknown texture kind {kind!r}")
+    return _normalise(t)
+
+
+TEXTURE_KINDS = ("noise", "stone", "wood", "metal", "bricks", "tiles", "dots", "paper", "stains", "hatch")
+
+
+# ---- backgrounds ------------------------------------------------------------------------------------------
+
+def find_images(dirs: Sequence[str]) -> list[str]:
+    files = []
+    for d in dirs:
+        d = os.path.expanduser(os.fspath(d))
+        if os.path.isfile(d):
+            files.append(d)
+            continue
+        for root, subdirs, names in os.walk(d, followlinks=True):
+            subdirs.sort()
+            files.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(dict.fromkeys(files))[:MAX_IMAGES]
+
+
+class Backgrounds:
+    """Draws a (H, W, 3) float32 background and its mean colour: solid, gradient, texture or natural image."""
+
+    KINDS = ("solid", "gradient", "texture", "image")
+
+    def __init__(self, config: BackgroundConfig, colours: ColourConfig):
+        self.config, self.colours = config, colours
+        unknown = set(config.weights) - set(self.KINDS)
+        if unknown:
+            raise ValueError(f"backgrounds.weights: unknown kind {sorted(unknown)[0]!r}; known: {self.KINDS}")
+        dirs = list(config.image_dirs) or [d for d in DEFAULT_IMAGE_DIRS if os.path.isdir(d)]
+        self.image_files = find_images(dirs)
+        if config.image_dirs and not self.image_files:
+            raise ValueError(f"backgrounds.image_dirs {list(config.image_dirs)}: no image found")
+        self._images: dict[int, Image.Image] = {}
+        self._bank: list[Image.Image] | None = None
+        self._noise: np.ndarray | None = None
+        kinds = [k for k in self.KINDS if config.weights.get(k, 0) > 0 and (k != "image" or self.image_files)]
+        if not kinds:
+            kinds = ["solid"]
+        w = np.array([float(config.weights.get(k, 1.0)) for k in kinds])
+        self.kinds, self._kind_cum = kinds, cumulative(w)
+
+    def __getstate__(self):  # workers rebuild the bank and image cache lazily (identically)
+        state = self.__dict__.copy()
+        state["_images"], state["_bank"], state["_noise"] = {}, None, None
+        return state
+
+    @property
+    def bank(self) -> list[Image.Image]:
+        if self._bank is None:
+            rng = np.random.default_rng(BANK_SEED)
+            n = max(1, int(self.config.bank_size))
+            self._bank = [Image.fromarray((make_texture(TEXTURE_KINDS[i % len(TEXTURE_KINDS)], rng) * 255)
+                                          .astype(np.uint8), "L") for i in range(n)]
+        return self._bank
+
+    def image(self, index: int) -> Image.Image | None:
+        img = self._images.get(index)
+        if img is None and index not in self._images:
+            path = self.image_files[index]
+            try:
+                with Image.open(path) as raw:
+                    raw.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+                    img = raw.convert("RGB")
+                img.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.BILINEAR)
+            except Exception as e:  # one unreadable background never stops rendering
+                logger.warning("background image %s: cannot read (%s); skipped", path, e)
+                img = None
+            self._images[index] = img
+        return img
+
+    def sample(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (background (h, w, 3) float32, its mean colour (3,))."""
+        kind = self.kinds[pick(rng, self._kind_cum)]
+        grey_p = self.colours.grey_p
+        if kind == "image":
+            patch = self._image_patch(rng, h, w)
+            if patch is not None:
+                return patch
+            kind = "texture"
+        c1 = random_colour(rng, grey_p)
+        if kind == "solid":
+            return np.broadcast_to(c1, (h, w, 3)).copy(), c1
+        if kind == "gradient":
+            c2 = shifted_colour(rng, c1, rng.uniform(0.1, 0.45))
+            angle = rng.uniform(0, 2 * np.pi)
+            gx = np.linspace(-0.5, 0.5, w, dtype=np.float32) * np.cos(angle) * (w / max(h, 1)) ** 0.5
+            gy = np.linspace(-0.5, 0.5, h, dtype=np.float32) * np.sin(angle)
+            t = np.clip(gy[:, None] + gx[None, :] + 0.5, 0, 1)[:, :, None]
+            return c1 + t * (c2 - c1), (c1 + c2) / 2
+        # texture: a zoomed crop of a bank texture mapped between two close colours
+        tex = self.bank[int(rng.integers(len(self.bank)))]
+        zoom = float(np.exp(rng.uniform(np.log(0.5), np.log(3.0))))
+        cw, ch = min(tex.width, max(4, w * zoom)), min(tex.height, max(4, h * zoom))
+        x0, y0 = rng.uniform(0, tex.width - cw), rng.uniform(0, tex.height - ch)
+        t = np.asarray(tex.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), np.float32)
+        c2 = shifted_colour(rng, c1, self.config.texture_strength * rng.uniform(0.2, 1.0))
+        t = t[:, :, None] * np.float32(1 / 255.0)
+        return c1 + t * (c2 - c1), (c1 + c2) / 2
+
+    def noise(self, img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+        """Gaussian sensor noise on uint8 (H, W, 3), colour or luminance-only: a random crop of a fixed
+        noise field (drawing fresh normals costs more than the rest of the degradations together)."""
+        field = self.noise_field
+        h, w = img.shape[:2]
+        sigma = rng.uniform(0.2, 1.0) * strength * 255
+        y0 = int(rng.integers(0, field.shape[0] - min(h, field.shape[0]) + 1))
+        x0 = int(rng.integers(0, field.shape[1] - min(w, field.shape[1]) + 1))
+        colour = rng.random() < 0.5
+        n = field[y0:y0 + h, x0:x0 + w, :3 if colour else 1]
+        if n.shape[:2] != (h, w):  # an image larger than the field: tile it
+            reps = (-(-h // n.shape[0]), -(-w // n.shape[1]), 1)
+            n = np.tile(n, reps)[:h, :w]
+        return np.clip(img + n * np.float32(sigma / 32.0), 0, 255).astype(np.uint8)
+
+    @property
+    def noise_field(self) -> np.ndarray:
+        if self._noise is None:
+            rng = np.random.default_rng(BANK_SEED + 1)
+            self._noise = np.clip(rng.normal(0, 32, (256, 1024, 3)), -127, 127).astype(np.int8)
+        return self._noise
+
+    def _image_patch(self, rng: np.random.Generator, h: int, w: int) -> np.ndarray | None:
+        img = self.image(int(rng.integers(len(self.image_files))))
+        if img is None:
+            return None
+        zoom = float(np.exp(rng.uniform(np.log(0.7), np.log(4.0))))
+        ch = min(img.height, max(4.0, h * zoom))
+        cw = min(img.width, max(4.0, ch * w / max(h, 1)))
+        x0, y0 = rng.uniform(0, img.width - cw), rng.uniform(0, img.height - ch)
+        patch = np.asarray(img.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), np.float32)
+        mean = patch.reshape(-1, 3).mean(axis=0)
+        strength = self.config.image_strength * rng.uniform(0.4, 1.0)
+        if rng.random() < 0.6:  # recolour: the material's texture in a paint colour
+            colour = random_colour(rng, self.colours.grey_p)
+            grey = patch @ _LUMA
+            rel = (grey - grey.mean()) * (strength * 1.5)
+            return np.clip(colour + rel[:, :, None], 0, 255), colour
+        return mean + (patch - mean) * strength, mean
+
+
+# ---- degradations (float32 (H, W, 3) in [0, 255] unless noted) --------------------------------------------
+
+def apply_lighting(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Uneven light: a linear brightness ramp, or a soft glare spot."""
+    h, w = img.shape[:2]
+    amp = strength * rng.uniform(0.2, 1.0)
+    if rng.random() < 0.6:
+        angle = rng.uniform(0, 2 * np.pi)
+        gx = np.linspace(-1, 1, w, dtype=np.float32) * np.cos(angle)
+        gy = np.linspace(-1, 1, h, dtype=np.float32) * np.sin(angle)
+        gain = 1 + amp * 0.5 * (gy[:, None] + gx[None, :])
+        return img * gain[:, :, None]
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    r = rng.uniform(0.3, 1.0) * max(h, w) * 0.5
+    yy, xx = np.ogrid[0:h, 0:w]
+    glare = np.exp(-(((xx - cx) ** 2 + ((yy - cy) * 1.5) ** 2) / (2 * r * r))).astype(np.float32)
+    # Screen-like blend, capped so the brightest spot keeps part of its contrast.
+    return img + glare[:, :, None] * (0.6 * amp) * (255 - img)
+
+
+def apply_contrast(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Haze / faded paint: blend towards the mean colour (or a grey veil)."""
+    k = rng.uniform(0, min(strength, 0.9))
+    veil = img.reshape(-1, 3).mean(axis=0) if rng.random() < 0.6 else np.float32(rng.uniform(100, 230))
+    return img * (1 - k) + veil * k
+
+
+def apply_colour_cast(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    gains = 1 + rng.uniform(-strength, strength, 3).astype(np.float32)
+    gamma = float(np.exp(rng.uniform(-strength, strength)))
+    return 255 * (np.clip(img * gains, 0, 255) / 255) ** gamma
+
+
+def draw_occlusion(img: np.ndarray, rng: np.random.Generator, strength: float, grey_p: float) -> np.ndarray:
+    """1-2 straight lines across the crop (wires, poles, frame edges)."""
+    h, w = img.shape[:2]
+    mask = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(mask)
+    colour = random_colour(rng, grey_p)
+    for _ in range(int(rng.integers(1, 3))):
+        width = max(1, int(round(rng.uniform(0.02, max(strength, 0.02)) * h)))
+        if rng.random() < 0.5:  # mostly horizontal or vertical, like real structures
+            y0, y1 = rng.uniform(0, h, 2)
+            draw.line((0, y0, w, y1), fill=255, width=width)
+        else:
+            x0, x1 = rng.uniform(0, w, 2)
+            draw.line((x0, 0, x1, h), fill=255, width=width)
+    a = np.asarray(mask, np.float32)[:, :, None] / 255.0
+    return img * (1 - a) + colour * a
+
+
+def apply_blur(img: Image.Image, rng: np.random.Generator, strength: float, height: int) -> Image.Image:
+    radius = rng.uniform(0.25, 1.0) * strength * height / 32
+    return img.filter(ImageFilter.GaussianBlur(radius)) if radius > 0.05 else img
+
+
+def apply_motion_blur(img: Image.Image, rng: np.random.Generator, strength: float, height: int) -> Image.Image:
+    length = rng.uniform(0.3, 1.0) * strength * height / 32
+    if length < 0.3:
+        return img
+    radius = (length, 0.01) if rng.random() < 0.7 else (0.01, length)
+    return img.filter(ImageFilter.GaussianBlur(radius))
+
+
+_RESAMPLE_CUM = cumulative([0.5, 0.4, 0.1])  # bilinear, bicubic, nearest upsampling
+
+
+def apply_low_resolution(img: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
+    scale = 1 - rng.uniform(0, min(strength, 0.9))
+    w, h = img.size
+    sw, sh = max(2, int(round(w * scale))), max(2, int(round(h * scale)))
+    if (sw, sh) == (w, h):
+        return img
+    down = img.resize((sw, sh), Image.BILINEAR if rng.random() < 0.5 else Image.BOX)
+    return down.resize((w, h), (Image.BILINEAR, Image.BICUBIC, Image.NEAREST)[pick(rng, _RESAMPLE_CUM)])
+
+
+def apply_jpeg(img: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
+    quality = int(round(95 - rng.uniform(0, 1) * min(strength, 1.0) * 90))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=max(5, quality))
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out.convert("RGB")
+
+
+def active(effect: Effect, rng: np.random.Generator) -> bool:
+    """Draws one number always (so later draws do not shift when p changes between 0 and 1 exclusive)."""
+    return rng.random() < effect.p and effect.strength > 0

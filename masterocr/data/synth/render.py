@@ -1,0 +1,372 @@
+"""The word renderer: text + font -> glyph layout (straight or along an arc) -> outline/shadow/frame layers ->
+one projective warp (rotation, shear, perspective, scale) straight into the output crop -> background ->
+photographic degradations.
+
+Everything is drawn close to the output size: glyphs come from a cache at a font size near the output height,
+and the warp maps them directly into an (height, natural width) crop, so the per-image work is a handful of
+small NumPy/Pillow operations. All randomness comes from the Generator handed to `render`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ...charset import DEFAULT_MAX_LENGTH, load_charset
+from . import effects as fx
+from .config import ConfigSpec, SynthConfig, build_config
+from .fonts import FontSet
+from .text import TextSampler, renderable_chars
+
+logger = logging.getLogger(__name__)
+
+FontSpec = FontSet | Sequence[str | os.PathLike] | str | os.PathLike | None
+
+
+def _translate(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1]], np.float64)
+
+
+def _scale(sx: float, sy: float) -> np.ndarray:
+    return np.array([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], np.float64)
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(N, 2) points through a 3x3 homography."""
+    x, y = pts[:, 0], pts[:, 1]
+    w = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+    return np.stack([(m[0, 0] * x + m[0, 1] * y + m[0, 2]) / w, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / w], 1)
+
+
+def _inverse_coeffs(m: np.ndarray) -> tuple[float, ...]:
+    """The 8 PIL PERSPECTIVE coefficients (output pixel -> input pixel) of the homography `m` (input -> output):
+    its inverse by the adjugate, normalised so the last entry is 1."""
+    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
+    adj = (e * i - f * h, c * h - b * i, b * f - c * e,
+           f * g - d * i, a * i - c * g, c * d - a * f,
+           d * h - e * g, b * g - a * h, a * e - b * d)
+    return tuple(v / adj[8] for v in adj[:8])
+
+
+def build_fonts(charset: str | Sequence[str], fonts: FontSpec = None, config: ConfigSpec = None) -> FontSet:
+    """The FontSet a Renderer of `charset` uses: fonts under `fonts` (files/folders; default: the config's
+    font folders, else the system's) checked against every character text may show, weighted per config.
+    Build it once and pass it to several renderers or datasets to share the check and the glyph cache."""
+    cfg = build_config(config)
+    charset = load_charset(charset)
+    if isinstance(fonts, FontSet):
+        return fonts
+    if isinstance(fonts, (str, os.PathLike)):
+        fonts = [fonts]
+    paths = list(fonts) if fonts else (list(cfg.fonts.dirs) or None)
+    caseless = not any(c.isupper() for c in charset) and any(c.islower() for c in charset)
+    return FontSet.build(renderable_chars(charset), paths, cfg.fonts.min_coverage, case_sensitive=not caseless,
+                         group_weights=dict(cfg.fonts.group_weights), light_weight=cfg.fonts.light_weight)
+
+
+class Renderer:
+    """Renders (image, label) pairs for a charset. `render(rng)` is a pure function of the Generator state."""
+
+    def __init__(self, charset: str | Sequence[str] = "94", height: int = 32,
+                 max_length: int = DEFAULT_MAX_LENGTH, config: ConfigSpec = None, fonts: FontSpec = None):
+        self.config: SynthConfig = build_config(config)
+        self.charset = load_charset(charset)
+        self.height = int(height)
+        if self.height < 8:
+            raise ValueError(f"height {height}: must be at least 8 pixels")
+        self.max_length = int(max_length)
+        self.text = TextSampler(self.charset, self.max_length, self.config.text)
+        self.fonts = fonts if isinstance(fonts, FontSet) else build_fonts(self.charset, fonts, self.config)
+        missing = [c for c in self.charset if c not in self.fonts.coverage and not c.isspace()]
+        if missing:
+            logger.warning("no usable font draws %d charset characters (e.g. %r): they never appear in "
+                           "synthetic labels", len(missing), "".join(missing[:10]))
+        self._fallback_chars = [c for c in self.text.render_chars if c in self.fonts.coverage and not c.isspace()]
+        if not self._fallback_chars:
+            raise ValueError("no usable font draws any character of the charset")
+        self.backgrounds = fx.Backgrounds(self.config.backgrounds, self.config.colours)
+
+    @property
+    def font_size(self) -> int:
+        """Pixel size glyphs are drawn at (then warped into the crop)."""
+        return max(8, int(round(self.height * self.config.crop.font_size)))
+
+    def preload_glyphs(self) -> int:
+        """Fill the glyph cache for every renderable character (seconds for hundreds of fonts); optional:
+        glyphs are otherwise drawn on first use."""
+        return self.fonts.preload(self.text.render_chars, self.font_size)
+
+    # ---- text and font ------------------------------------------------------------------------------------
+    def _text_and_font(self, rng: np.random.Generator) -> tuple[str, str, int]:
+        for _ in range(8):
+            text, label = self.text.sample(rng)
+            font = self.fonts.choose(text, rng)
+            if font is not None:
+                return text, label, font
+        # Nothing drawable came up: a random string over the characters of one font.
+        font = self.fonts.sample(rng)
+        chars = [c for c in self._fallback_chars if c in self.fonts.fonts[font].coverage]
+        n = int(rng.integers(1, min(8, self.max_length) + 1))
+        result = self.text.finish("".join(chars[j] for j in rng.integers(len(chars), size=n)))
+        if result is None:  # only possible with a pathological charset; keep it explicit
+            raise RuntimeError("cannot draw a renderable label")
+        return result[0], result[1], font
+
+    # ---- glyph layout -------------------------------------------------------------------------------------
+    def _layout(self, text: str, font: int, size: int, rng: np.random.Generator):
+        """-> list of (mask uint8, x, y) placements and the ink box (x0, y0, x1, y1), baseline-aligned."""
+        eff = self.config.effects
+        tracking, gap_jitter, size_jit = 0.0, 0.0, 0.0
+        if fx.active(eff.kerning, rng):
+            tracking = size * eff.kerning.strength * rng.uniform(-0.25, 1.0)
+            gap_jitter = size * eff.kerning.strength * 0.15
+        if fx.active(eff.size_jitter, rng):
+            size_jit = eff.size_jitter.strength
+        ascent = self.fonts.metrics(font, size)[0]
+        n = len(text)
+        gaps = rng.uniform(-1, 1, n) * gap_jitter if gap_jitter else None
+        if size_jit:
+            scales = 1 + rng.uniform(-1, 1, n) * size_jit
+            dys = rng.uniform(-1, 1, n) * size_jit * size * 0.5
+        placed = []
+        pen, prev, prev_adv = 0.0, None, 0.0
+        for k, ch in enumerate(text):
+            mask, left, top, advance = self.fonts.glyph(font, size, ch)
+            if prev is not None:
+                pen += self.fonts.kern(font, size, prev, ch, prev_adv, advance) + tracking
+                if gaps is not None:
+                    pen += gaps[k]
+            x, y = pen + left, float(top)
+            if size_jit and mask.size:
+                # Scale the glyph about its baseline point and wobble it vertically.
+                s = scales[k]
+                mh, mw = max(1, round(mask.shape[0] * s)), max(1, round(mask.shape[1] * s))
+                mask = np.asarray(Image.fromarray(mask).resize((mw, mh), Image.BILINEAR))
+                y = ascent - (ascent - top) * s + dys[k]
+                advance *= s
+            if mask.size:
+                placed.append((mask, x, y, advance))
+            pen += advance
+            prev, prev_adv = ch, advance
+        return placed, ascent
+
+    def _curve(self, placed, baseline: float, rng: np.random.Generator):
+        """Bend a straight layout along a circular arc: each glyph is moved onto the arc and turned to follow
+        it (clockwise angle theta at arc position x)."""
+        x_min = min(x for _, x, _, _ in placed)
+        x_max = max(x + m.shape[1] for m, x, _, _ in placed)
+        span = max(1.0, x_max - x_min)
+        arc = math.radians(150.0) * self.config.effects.curve.strength * rng.uniform(0.3, 1.0)
+        arc = min(arc, math.radians(300.0))
+        radius = span / arc
+        sign = 1.0 if rng.random() < 0.6 else -1.0  # 1: text on top of a circle (arched), -1: smile
+        mid = x_min + span / 2
+        out = []
+        for mask, x, y, adv in placed:
+            h, w = mask.shape
+            cx, cy = x + w / 2, y + h / 2  # glyph centre in the flat layout
+            theta = (cx - mid) / radius
+            ax = mid + radius * math.sin(theta)
+            ay = baseline + sign * radius * (1 - math.cos(theta))
+            d = cy - baseline  # centre's offset from the baseline, rotated with the glyph
+            rot = sign * theta
+            gx, gy = ax - d * math.sin(rot), ay + d * math.cos(rot)
+            img = Image.fromarray(mask).rotate(-math.degrees(rot), Image.BILINEAR, expand=True)
+            rm = np.asarray(img)
+            out.append((rm, gx - rm.shape[1] / 2, gy - rm.shape[0] / 2, adv))
+        return out
+
+    # ---- the whole sample ---------------------------------------------------------------------------------
+    def render(self, rng: np.random.Generator) -> tuple[Image.Image, str]:
+        """-> (RGB image of height self.height and natural width, label)."""
+        cfg, eff, H = self.config, self.config.effects, self.height
+        text, label, font = self._text_and_font(rng)
+        size = self.font_size
+        placed, baseline = self._layout(text, font, size, rng)
+        if fx.active(eff.curve, rng) and len(placed) >= 3:
+            placed = self._curve(placed, baseline, rng)
+        if not placed:  # only whitespace is drawable (cannot happen: labels are stripped)
+            raise RuntimeError(f"label {label!r} has no ink")
+
+        # Decoration sizes decide the canvas margin.
+        outline = shadow = border = None
+        if fx.active(eff.outline, rng):
+            outline = max(1, int(round(size * eff.outline.strength * rng.uniform(0.3, 1.0))))
+        if fx.active(eff.shadow, rng):
+            off = size * eff.shadow.strength * rng.uniform(0.3, 1.0)
+            angle = rng.uniform(0, 2 * np.pi)
+            shadow = (off * math.cos(angle), off * math.sin(angle), rng.uniform(0, 0.1) * size)
+        ink_h_est = size * 0.75
+        if fx.active(eff.border, rng):
+            border = (rng.uniform(0.1, 1.0) * eff.border.strength * ink_h_est,
+                      max(1, int(round(rng.uniform(0.03, 0.1) * size))))
+        margin = 2 + (outline or 0)
+        if shadow:
+            margin += int(math.ceil(max(abs(shadow[0]), abs(shadow[1])) + 2 * shadow[2]))
+        if border:
+            margin = max(margin, int(math.ceil(border[0] + border[1])) + 2)
+
+        x0 = math.floor(min(x for _, x, _, _ in placed))
+        y0 = math.floor(min(y for _, _, y, _ in placed))
+        x1 = math.ceil(max(x + m.shape[1] for m, x, _, _ in placed))
+        y1 = math.ceil(max(y + m.shape[0] for m, _, y, _ in placed))
+        cw, ch = x1 - x0 + 2 * margin, y1 - y0 + 2 * margin
+        alpha = np.zeros((ch, cw), np.uint8)
+        for mask, x, y, _ in placed:
+            px, py = int(round(x)) - x0 + margin, int(round(y)) - y0 + margin
+            region = alpha[py:py + mask.shape[0], px:px + mask.shape[1]]
+            np.maximum(region, mask[:region.shape[0], :region.shape[1]], out=region)
+        box = np.array([[margin, margin], [cw - margin, margin], [cw - margin, ch - margin],
+                        [margin, ch - margin]], np.float64)  # ink box corners on the canvas
+        ink_w, ink_h = float(x1 - x0), float(y1 - y0)
+
+        # Geometry: canvas -> warped space (centred on the ink), then crop window -> output pixels.
+        g = _translate(-(margin + ink_w / 2), -(margin + ink_h / 2))
+        if fx.active(eff.shear, rng):
+            g = np.array([[1, rng.uniform(-1, 1) * eff.shear.strength, 0], [0, 1, 0], [0, 0, 1]]) @ g
+        if fx.active(eff.rotation, rng):
+            t = math.radians(rng.uniform(-1, 1) * eff.rotation.strength)
+            g = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) @ g
+        if fx.active(eff.perspective, rng):
+            s = min(eff.perspective.strength, 0.6)
+            px = rng.uniform(-1, 1) * s * 2 / max(ink_w, 1.0)
+            py = rng.uniform(-1, 1) * s * 2 / max(ink_h, 1.0) * 0.5
+            g = np.array([[1, 0, 0], [0, 1, 0], [px, py, 1]]) @ g
+        corners = _apply(g, box)
+        bx0, by0 = corners.min(axis=0)
+        bx1, by1 = corners.max(axis=0)
+        ref = min(ink_h, by1 - by0)  # padding is relative to the text height, not to a rotated box
+        c = cfg.crop
+        wx0 = bx0 - rng.uniform(*c.pad_left) * ref
+        wx1 = bx1 + rng.uniform(*c.pad_right) * ref
+        wy0 = by0 - rng.uniform(*c.pad_top) * ref
+        wy1 = by1 + rng.uniform(*c.pad_bottom) * ref
+        win_w, win_h = max(wx1 - wx0, 2.0), max(wy1 - wy0, 2.0)
+        sy = H / win_h
+        W = int(round(min(max(win_w * sy, 2.0), cfg.crop.max_aspect * H)))
+        sx = W / win_w
+        f = _scale(sx, sy) @ _translate(-wx0, -wy0) @ g
+
+        # Masks on the canvas: text, and the decorations that must follow the same warp.
+        masks = [alpha]
+        if outline:
+            masks.append(_dilate(alpha, outline))
+        if shadow:
+            dx, dy, blur = shadow
+            sh = Image.fromarray(alpha).transform((cw, ch), Image.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.BILINEAR)
+            if blur > 0.3:
+                sh = sh.filter(ImageFilter.GaussianBlur(blur))
+            masks.append(np.asarray(sh))
+        if border:
+            pad, width = border
+            frame = Image.new("L", (cw, ch), 0)
+            (bx0, by0), (bx1, by1) = box[0], box[2]
+            ImageDraw.Draw(frame).rectangle((bx0 - pad, by0 - pad, bx1 + pad, by1 + pad), outline=255, width=width)
+            masks.append(np.asarray(frame))
+        # One warp for all masks: up to four packed as the bands of one image.
+        if len(masks) == 1:
+            canvas = Image.fromarray(alpha, "L")
+        else:
+            masks += [alpha] * (4 - len(masks))
+            canvas = Image.fromarray(np.dstack(masks), "RGBA")
+        scale = min(sx, sy)
+        k = int(1 / scale) if scale < 0.55 else 1  # shrink big canvases first (box filter): no aliasing
+        if k > 1:
+            canvas = canvas.reduce(k)
+            f = f @ _scale(k, k)
+        warped = np.asarray(canvas.transform((W, H), Image.PERSPECTIVE, _inverse_coeffs(f), Image.BILINEAR))
+        if warped.ndim == 2:
+            warped = warped[:, :, None]
+
+        # Colours: background first, then text contrasting with it; layers composited back to front.
+        cc = cfg.colours
+        img, bg_mean = self.backgrounds.sample(rng, H, W)
+        fg = fx.contrasting_colour(rng, fx.luminance(bg_mean), cc.min_contrast, cc.grey_p)
+        fg_lum = fx.luminance(fg)
+        band = 1
+        bands = {}
+        for name, on in (("outline", outline), ("shadow", shadow), ("border", border)):
+            if on:
+                bands[name] = band
+                band += 1
+        if shadow:
+            shade = fx.contrasting_colour(rng, fg_lum, 0.3, 0.8) * 0.5
+            _over(img, warped[:, :, bands["shadow"]], shade, rng.uniform(0.4, 0.9))
+        if border:
+            _over(img, warped[:, :, bands["border"]], fg if rng.random() < 0.7 else fx.random_colour(rng, cc.grey_p))
+        if outline:
+            _over(img, warped[:, :, bands["outline"]], fx.contrasting_colour(rng, fg_lum, 0.35, cc.grey_p))
+        colour = fg
+        if fx.active(eff.text_gradient, rng):
+            fg2 = fx.shifted_colour(rng, fg, 0.4 * eff.text_gradient.strength)
+            if rng.random() < 0.6:
+                t = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
+            else:
+                t = np.linspace(0, 1, W, dtype=np.float32)[None, :, None]
+            colour = fg + t * (fg2 - fg)
+        _over(img, warped[:, :, 0], colour)
+
+        # Photographic degradations.
+        if fx.active(eff.occlusion, rng):
+            img = fx.draw_occlusion(img, rng, eff.occlusion.strength, cc.grey_p)
+        if fx.active(eff.lighting, rng):
+            img = fx.apply_lighting(img, rng, eff.lighting.strength)
+        if fx.active(eff.contrast, rng):
+            img = fx.apply_contrast(img, rng, eff.contrast.strength)
+        if fx.active(eff.colour_cast, rng):
+            img = fx.apply_colour_cast(img, rng, eff.colour_cast.strength)
+        out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+        if fx.active(eff.blur, rng):
+            out = fx.apply_blur(out, rng, eff.blur.strength, H)
+        if fx.active(eff.motion_blur, rng):
+            out = fx.apply_motion_blur(out, rng, eff.motion_blur.strength, H)
+        if fx.active(eff.low_resolution, rng):
+            out = fx.apply_low_resolution(out, rng, eff.low_resolution.strength)
+        if fx.active(eff.noise, rng):
+            out = Image.fromarray(self.backgrounds.noise(np.asarray(out), rng, eff.noise.strength), "RGB")
+        if fx.active(eff.jpeg, rng):
+            out = fx.apply_jpeg(out, rng, eff.jpeg.strength)
+        return out, label
+
+
+def _over(img: np.ndarray, mask: np.ndarray, colour, opacity: float = 1.0) -> None:
+    """In place: img = img * (1 - a) + colour * a, with a = mask / 255 * opacity."""
+    a = mask.astype(np.float32)[:, :, None] * (opacity / 255.0)
+    img += a * (colour - img)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grey-level dilation by a (2r+1) square, separably (2r maxima per pixel instead of (2r+1)^2)."""
+    out = mask.copy()
+    for axis in (0, 1):
+        src = out.copy()
+        for d in range(1, radius + 1):
+            if axis == 0:
+                np.maximum(out[d:], src[:-d], out=out[d:])
+                np.maximum(out[:-d], src[d:], out=out[:-d])
+            else:
+                np.maximum(out[:, d:], src[:, :-d], out=out[:, d:])
+                np.maximum(out[:, :-d], src[:, d:], out=out[:, :-d])
+    return out
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The Generator of sample `index` under `seed`: a pure function of both (any process, any order).
+
+    Philox is a counter-based generator: (seed, index) is its 128-bit key, so every sample has its own
+    independent stream and building it costs no seeding hash.
+    """
+    if index < 0:
+        raise IndexError(f"sample index {index}: must be >= 0")
+    key = ((int(seed) & 0xFFFFFFFFFFFFFFFF) << 64) | (int(index) & 0xFFFFFFFFFFFFFFFF)
+    return np.random.Generator(np.random.Philox(key=key))
+
+
+def render_many(renderer: Renderer, seed: int, indices: Iterable[int]) -> Iterable[tuple[Image.Image, str]]:
+    for i in indices:
+        yield renderer.render(sample_rng(seed, i))

@@ -1,0 +1,197 @@
+"""Greedy and beam-search decoding for attention models, with a real memory cache.
+
+Works with any model that exposes:
+    tokenizer (AttentionTokenizer), max_steps (labels + EOS), feature_size(H, W) -> (Hf, Wf),
+    encode(images) -> memory (B, N, D),
+    init_cache(memory, max_steps) -> cache with `reorder(index, memory=bool)`,
+    decode_step(tokens (B,), position (0-dim long tensor), cache, need_weights) -> logits (B, C), attn (B, N),
+    decode_full(memory, tokens (B, T), need_weights) -> logits (B, T, C), attn (B, T, N)   [reference path]
+
+Cached decoding computes one new position per step: each decoder layer appends that position's self-attention
+key/value to its cache and reuses the memory's cross-attention keys/values, projected once per image.
+`use_cache=False` re-runs the whole decoder over the growing prefix at every step (the plain reference).
+Decoding stops when every sequence has produced EOS, or after `max_steps` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .charset import Decoded
+
+METHODS = ("greedy", "beam")
+
+
+@dataclass
+class DecodeResult:
+    """Batched decoding output, T = steps actually run (<= max_steps).
+
+    token_ids (B, T) long: chosen tokens; positions after a sequence's first EOS hold the tokenizer's PAD id.
+    probs (B, T, num_classes) float32: the softmax at each step of the chosen path (zeros after EOS).
+    attention (B, T, Hf, Wf) float32 or None: last decoder layer's cross-attention, heads averaged.
+    scores (B,) float32: log-probability of each chosen sequence up to and including its EOS.
+    """
+
+    token_ids: torch.Tensor
+    probs: torch.Tensor
+    attention: torch.Tensor | None
+    scores: torch.Tensor | None = None
+
+    def decoded(self, tokenizer) -> list[Decoded]:
+        """Text, per-character probabilities and confidence (product of the chosen tokens' probabilities,
+        EOS included), read from token_ids. Equals tokenizer.decode(probs) for greedy decoding; use this for
+        beam search, where the chosen token is not always the step's arg-max."""
+        chosen = self.probs.gather(2, self.token_ids.clamp(max=self.probs.shape[2] - 1).unsqueeze(2)).squeeze(2)
+        out = []
+        for ids, probs in zip(self.token_ids.tolist(), chosen.tolist()):
+            chars, char_probs, conf = [], [], 1.0
+            for i, p in zip(ids, probs):
+                conf *= p
+                if i == tokenizer.eos_id:
+                    break
+                chars.append(tokenizer.charset[i - 1] if 1 <= i <= len(tokenizer.charset) else "")
+                char_probs.append(p)
+            out.append(Decoded("".join(chars), char_probs, conf))
+        return out
+
+
+def _finish(model: nn.Module, images: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor,
+            attn: torch.Tensor | None) -> DecodeResult:
+    """Blank everything after each sequence's first EOS; reshape attention to the feature map."""
+    tok = model.tokenizer
+    is_eos = ids == tok.eos_id
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # (B, T) strictly after the first EOS
+    chosen = probs.gather(2, ids.unsqueeze(2)).squeeze(2)  # (B, T)
+    scores = chosen.clamp_min(1e-30).log().masked_fill(after, 0.0).sum(1)  # (B,)
+    ids = ids.masked_fill(after, tok.pad_id)
+    probs = probs.masked_fill(after.unsqueeze(2), 0.0)
+    attention = None
+    if attn is not None:
+        hf, wf = model.feature_size(images.shape[-2], images.shape[-1])
+        attention = attn.float().masked_fill(after.unsqueeze(2), 0.0).reshape(*ids.shape, hf, wf)
+    return DecodeResult(ids, probs, attention, scores)
+
+
+def _greedy_cached(model, memory, steps, need_weights):
+    tok = model.tokenizer
+    b = memory.shape[0]
+    cache = model.init_cache(memory, steps)
+    tokens = torch.full((b,), tok.bos_id, dtype=torch.long, device=memory.device)
+    finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
+    ids, probs, attns = [], [], []
+    for t in range(steps):
+        position = torch.tensor(t, dtype=torch.long, device=memory.device)
+        logits, attn = model.decode_step(tokens, position, cache, need_weights)
+        p = logits.float().softmax(-1)  # (B, C)
+        tokens = p.argmax(-1)  # (B,)
+        ids.append(tokens)
+        probs.append(p)
+        attns.append(attn)
+        finished |= tokens == tok.eos_id
+        if bool(finished.all()):
+            break
+    attn = torch.stack(attns, 1) if need_weights else None  # (B, T, N)
+    return torch.stack(ids, 1), torch.stack(probs, 1), attn
+
+
+def _greedy_full(model, memory, steps, need_weights):
+    tok = model.tokenizer
+    b = memory.shape[0]
+    prefix = torch.full((b, 1), tok.bos_id, dtype=torch.long, device=memory.device)
+    finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
+    probs, attns = [], []
+    for _ in range(steps):
+        logits, attn = model.decode_full(memory, prefix, need_weights)  # (B, t+1, C)
+        p = logits[:, -1].float().softmax(-1)
+        tokens = p.argmax(-1)
+        prefix = torch.cat([prefix, tokens.unsqueeze(1)], 1)
+        probs.append(p)
+        attns.append(attn[:, -1] if need_weights else None)
+        finished |= tokens == tok.eos_id
+        if bool(finished.all()):
+            break
+    attn = torch.stack(attns, 1) if need_weights else None
+    return prefix[:, 1:], torch.stack(probs, 1), attn
+
+
+def _beam(model, memory, steps, width, need_weights):
+    """Beam search over summed log-probabilities (no length normalisation, so width 1 is exactly greedy).
+
+    Finished beams carry their score forward unchanged. An image is done when its best beam has ended:
+    unfinished scores only fall, so none can overtake it.
+    """
+    tok = model.tokenizer
+    b, device = memory.shape[0], memory.device
+    c = model.num_classes
+    if width < 1:
+        raise ValueError(f"beam_width={width} must be at least 1")
+    # Beams of image i are rows i*width .. i*width + width-1; the memory K/V are projected once per image.
+    cache = model.init_cache(memory, steps).reorder(
+        torch.arange(b, device=device).repeat_interleave(width), memory=True)
+    rows = b * width
+    scores = torch.full((b, width), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # one live beam per image at the start
+    tokens = torch.full((rows,), tok.bos_id, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    eos_only = torch.full((c,), float("-inf"), device=device)
+    eos_only[tok.eos_id] = 0.0
+    ids = torch.zeros((rows, 0), dtype=torch.long, device=device)
+    probs = torch.zeros((rows, 0, c), device=device)
+    attn_hist = None
+    base = (torch.arange(b, device=device) * width).unsqueeze(1)  # (B, 1)
+    for t in range(steps):
+        position = torch.tensor(t, dtype=torch.long, device=device)
+        logits, attn = model.decode_step(tokens, position, cache, need_weights)
+        logp = F.log_softmax(logits.float(), -1)  # (rows, C)
+        logp = torch.where(finished.unsqueeze(1), eos_only, logp)
+        candidates = (scores.reshape(rows, 1) + logp).reshape(b, width * c)
+        scores, flat = candidates.topk(width, dim=1)  # (B, k), sorted best first
+        parent = (base + flat // c).reshape(rows)  # (rows,) source row of each new beam
+        tokens = (flat % c).reshape(rows)
+        # Beams never leave their image, so only the self-attention cache needs reordering.
+        cache = cache.reorder(parent, memory=False)
+        step_probs = logits.float().softmax(-1).index_select(0, parent)
+        ids = torch.cat([ids.index_select(0, parent), tokens.unsqueeze(1)], 1)
+        probs = torch.cat([probs.index_select(0, parent), step_probs.unsqueeze(1)], 1)
+        if need_weights:
+            step_attn = attn.float().index_select(0, parent).unsqueeze(1)
+            attn_hist = step_attn if attn_hist is None else torch.cat([attn_hist.index_select(0, parent), step_attn], 1)
+        finished = finished.index_select(0, parent) | (tokens == tok.eos_id)
+        if bool(finished.reshape(b, width)[:, 0].all()):
+            break
+    best = base.squeeze(1)  # beam 0 of each image is its best (topk is sorted)
+    attn_best = attn_hist.index_select(0, best) if need_weights else None
+    return ids.index_select(0, best), probs.index_select(0, best), attn_best
+
+
+def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_width: int = 5,
+           use_cache: bool = True, max_steps: int | None = None, need_attention: bool = True) -> DecodeResult:
+    """Read a batch: images (B, C, H, W) -> DecodeResult (see its fields; texts via tokenizer.decode(probs)
+    or result.decoded(tokenizer)). Runs in eval mode under inference_mode; wrap in torch.autocast for bf16.
+
+    method: "greedy" or "beam" (width `beam_width`, always cached). use_cache=False: full-recompute greedy.
+    max_steps: at most this many tokens (default: the model's max label length + EOS).
+    """
+    if method not in METHODS:
+        raise ValueError(f"decoding method {method!r}: choose one of {METHODS}")
+    if images.dim() != 4 or images.shape[1] != model.in_channels:
+        raise ValueError(f"images must be (B, {model.in_channels}, H, W), got {tuple(images.shape)}")
+    steps = model.max_steps if max_steps is None else int(max_steps)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            memory = model.encode(images)
+            if method == "beam":
+                ids, probs, attn = _beam(model, memory, steps, int(beam_width), need_attention)
+            elif use_cache:
+                ids, probs, attn = _greedy_cached(model, memory, steps, need_attention)
+            else:
+                ids, probs, attn = _greedy_full(model, memory, steps, need_attention)
+            return _finish(model, images, ids, probs, attn)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,358 @@
+"""The LightningModule that trains any model from `build_model`; the model itself stays a pure nn.Module.
+
+Loss: teacher-forced cross-entropy over [c1 .. cn EOS] with PAD ignored (optional label smoothing), plus an
+optional auxiliary CTC loss on the encoder memory (pooled over the feature map's height to a (B, Wf, D)
+sequence): joint CTC-attention training, the known remedy for attention decoders stuck on a loss plateau.
+The CTC head lives here, not on the model, so it is dropped at inference and never saved into weights.
+
+Validation decodes greedily and reports, per validation set and combined (sample-weighted): word accuracy
+and 1-NED under the 36-character benchmark protocol and under the model's own charset protocol, with a few
+sample predictions (image, prediction, truth) drawn into TensorBoard.
+
+Checkpoints carry, besides Lightning's state: the full resolved run config (plain dict), the EMA weights, and
+the RNG states, so `--resume` continues the exact run and the file loads with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.accelerators import CPUAccelerator
+from torch import nn
+
+from masterocr.charset import BUILTIN_CHARSETS, AttentionTokenizer, CTCTokenizer, get_protocol
+from masterocr.evaluation import Metrics, apply_protocol
+from masterocr.training.optim import EMA, build_optimizer, build_scheduler, scaled_lr
+from masterocr.weights import CKPT_CONFIG_KEY, CKPT_EMA_KEY
+
+logger = logging.getLogger(__name__)
+
+CKPT_RNG_KEY = "masterocr_rng"
+CKPT_EMA_STATE_KEY = "masterocr_ema"
+VAL_METRIC = "val/acc"  # combined 36-protocol word accuracy (%), what "best" checkpoints maximise
+
+
+def charset_protocol(charset: str) -> str:
+    """The evaluation protocol matching a model's charset: "36"/"62"/"94" for those sets, else "raw"."""
+    for name, chars in BUILTIN_CHARSETS.items():
+        if set(charset) == set(chars):
+            return name
+    if set(charset) <= set(BUILTIN_CHARSETS["94"]):
+        return "94"
+    return "raw"
+
+
+def cpu_threads(num_workers: int, processes_per_node: int) -> int:
+    """Compute threads per training process so that processes x threads + loader workers fit the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes_per_node) - num_workers)
+
+
+# ---- RNG state in checkpoints (plain tensors and tuples only: weights_only-safe) --------------------------
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = list(state["cuda"])
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# ---- sample images for TensorBoard -----------------------------------------------------------------------
+
+def sample_sheet(images: torch.Tensor, predictions: list[str], labels: list[str]) -> np.ndarray:
+    """Images (B, C, H, W) in [-1, 1] with 'pred' and 'true' lines under each, stacked: (H', W', 3) uint8."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    rows = []
+    for image, pred, label in zip(images, predictions, labels):
+        arr = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        crop = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).convert("RGB")
+        lines = [f"pred: {pred}", f"true: {label}", "ok" if pred == label else "WRONG"]
+        width = max([crop.width] + [int(font.getlength(t)) + 8 for t in lines])
+        row = Image.new("RGB", (width, crop.height + 14 * len(lines) + 6), "white")
+        row.paste(crop, (0, 0))
+        draw = ImageDraw.Draw(row)
+        for i, text in enumerate(lines):
+            colour = "black" if i < 2 else ("green" if pred == label else "red")
+            draw.text((4, crop.height + 3 + 14 * i), text, fill=colour, font=font)
+        rows.append(row)
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    y = 0
+    for row in rows:
+        sheet.paste(row, (0, y))
+        y += row.height
+    return np.asarray(sheet)
+
+
+# ---- the module --------------------------------------------------------------------------------------------
+
+class RecognitionModule(LightningModule):
+    """Trains `model` (any build_model result) with the `train:` section of `config` (the full run config)."""
+
+    def __init__(self, model: nn.Module, config: Mapping[str, Any], val_names: list[str] | None = None):
+        super().__init__()
+        self.model = model
+        self.config = dict(config)
+        t = dict(self.config.get("train") or {})
+        self.train_cfg = t
+        self.tokenizer = model.tokenizer
+        self.attention = isinstance(self.tokenizer, AttentionTokenizer)
+        self.label_smoothing = float(t.get("label_smoothing", 0.0))
+        self.channels_last = bool(t.get("channels_last", False))
+        self.val_names = list(val_names or [])
+        self.protocols = ["36"]
+        own = charset_protocol(self.tokenizer.charset)
+        if own != "36":
+            self.protocols.append(own)
+        self.num_sample_images = int(t.get("sample_images", 8))
+
+        self.aux_ctc_weight = float(t.get("aux_ctc_weight", 0.0))
+        self.aux_ctc: nn.Linear | None = None
+        if self.aux_ctc_weight > 0:
+            if not (self.attention and all(hasattr(model, a) for a in ("encode", "decode_full", "feature_size"))):
+                raise ValueError("train.aux_ctc_weight > 0 needs an attention model with encode/decode_full/feature_size")
+            self.ctc_tokenizer = CTCTokenizer(self.tokenizer.charset, self.tokenizer.max_length)
+            d_model = int(model.embed.embedding_dim) if hasattr(model, "embed") else int(model.config.d_model)
+            self.aux_ctc = nn.Linear(d_model, self.ctc_tokenizer.num_classes)
+
+        self.ema: EMA | None = EMA(model, float(t.get("ema_decay", 0.9999))) if t.get("ema", False) else None
+        self._ema_step = -1
+        self._ema_backup: dict | None = None
+        self._pending_rng: Mapping | None = None
+        self._val_metrics: list[list[Metrics]] = []
+        self._val_samples: dict[int, tuple] = {}
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if isinstance(self.trainer.accelerator, CPUAccelerator):
+            workers = self.trainer.datamodule._loader_kwargs()["num_workers"] if self.trainer.datamodule else 0
+            threads = self.train_cfg.get("num_threads", "auto")
+            threads = cpu_threads(workers, self.trainer.num_devices) if threads in (None, "auto") else int(threads)
+            torch.set_num_threads(threads)
+            logger.info("CPU: %d compute thread(s) per process, %d loader worker(s)", threads, workers)
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.ema is not None:
+            self.ema.shadow = {k: v.to(self.device) for k, v in self.ema.shadow.items()}
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    # ---- training ------------------------------------------------------------------------------------------
+
+    def compute_loss(self, images: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """images (B, C, H, W), labels -> (total loss, parts for logging)."""
+        images = self._images(images)
+        if not self.attention:
+            logits = self.model(images)  # (B, T, C) for CTC models
+            return self._ctc_loss(logits, labels, self.tokenizer), {}
+        targets = self.tokenizer.encode(labels).to(self.device)  # (B, L + 2): BOS c.. EOS PAD..
+        length = max(len(label) for label in labels) + 2  # only as long as this batch's longest label needs
+        targets = targets[:, :length]
+        targets_in, targets_out = targets[:, :-1], targets[:, 1:]  # (B, T) each
+        if self.aux_ctc is not None:
+            memory = self.model.encode(images)  # (B, N, D)
+            logits = self.model.decode_full(memory, targets_in)[0]  # (B, T, num_classes)
+        else:
+            memory = None
+            logits = self.model(images, targets_in)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets_out.flatten(), ignore_index=self.tokenizer.pad_id,
+                             label_smoothing=self.label_smoothing)
+        parts = {"ce": ce.detach()}
+        loss = ce
+        if memory is not None:
+            hf, wf = self.model.feature_size(images.shape[2], images.shape[3])
+            pooled = memory.reshape(memory.shape[0], hf, wf, memory.shape[2]).mean(1)  # (B, Wf, D)
+            ctc = self._ctc_loss(self.aux_ctc(pooled), labels, self.ctc_tokenizer)
+            parts["ctc"] = ctc.detach()
+            loss = loss + self.aux_ctc_weight * ctc
+        return loss, parts
+
+    def _ctc_loss(self, logits: torch.Tensor, labels: list[str], tokenizer: CTCTokenizer) -> torch.Tensor:
+        """logits (B, T, C) -> mean CTC loss (fp32; infeasible alignments give 0, not inf)."""
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, C)
+        targets, lengths = tokenizer.encode(labels)
+        input_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long)
+        return F.ctc_loss(log_probs, targets.to(logits.device), input_lengths, lengths, blank=tokenizer.blank_id,
+                          reduction="mean", zero_infinity=True)
+
+    def training_step(self, batch, batch_idx: int):
+        images, labels, _ = batch
+        if not labels:
+            logger.warning("training batch %d held no readable image; skipped", batch_idx)
+            return None
+        loss, parts = self.compute_loss(images, labels)
+        bs = len(labels)
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None and self.global_step != self._ema_step:  # once per optimiser step
+            self._ema_step = self.global_step
+            self.ema.update(self.model)
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:  # resumed: continue the random streams where the checkpoint left them
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+            logger.info("resumed at step %d (epoch %d)", self.global_step, self.current_epoch)
+
+    # ---- optimisation --------------------------------------------------------------------------------------
+
+    def global_batch(self) -> int:
+        return int(self.train_cfg.get("batch_size", 64)) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def configure_optimizers(self):
+        t = self.train_cfg
+        lr = scaled_lr(float(t.get("lr", 4e-4)), self.global_batch(), int(t.get("lr_reference_batch", 512)),
+                       str(t.get("lr_scaling", "sqrt")))
+        modules = [self.model] + ([self.aux_ctc] if self.aux_ctc is not None else [])
+        optimizer = build_optimizer(modules, str(t.get("optimizer", "adamw")), lr, float(t.get("weight_decay", 0.0)),
+                                    tuple(t.get("betas", (0.9, 0.999))))
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = t.get("warmup", 0.05)
+        warmup_steps = int(warmup * total) if isinstance(warmup, float) and warmup < 1 else int(warmup)
+        scheduler = build_scheduler(optimizer, str(t.get("schedule", "onecycle")), total, warmup_steps,
+                                    float(t.get("min_lr_ratio", 0.01)))
+        logger.info("optimiser %s: peak lr %.3g (train.lr %.3g at batch %s, global batch %d, %s scaling), "
+                    "%s schedule over %d steps, %d warm-up", t.get("optimizer", "adamw"), lr, float(t.get("lr", 4e-4)),
+                    t.get("lr_reference_batch", 512), self.global_batch(), t.get("lr_scaling", "sqrt"),
+                    t.get("schedule", "onecycle"), total, warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- validation ----------------------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        n = max(1, len(self.val_names))
+        self._val_metrics = [[Metrics(name=self._val_name(i)) for _ in self.protocols] for i in range(n)]
+        self._val_samples = {}
+        if self.ema is not None:
+            self._ema_backup = self.ema.copy_to(self.model)
+
+    def _val_name(self, i: int) -> str:
+        return self.val_names[i] if i < len(self.val_names) else f"val{i}"
+
+    def predict_texts(self, images: torch.Tensor) -> list[str]:
+        images = self._images(images)
+        if self.attention:
+            from masterocr.decoding import decode
+
+            result = decode(self.model, images, method="greedy", need_attention=False)
+            return [d.text for d in result.decoded(self.tokenizer)]
+        with torch.inference_mode():
+            return [d.text for d in self.tokenizer.decode(self.model.eval()(images).float().softmax(-1))]
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, labels, _, keep = batch
+        if not labels:
+            return
+        predictions = self.predict_texts(images)
+        for p, protocol in enumerate(self.protocols):
+            clean = get_protocol(protocol)
+            metrics = self._val_metrics[dataloader_idx][p]
+            for pred, label, k in zip(predictions, labels, keep.tolist()):
+                truth = apply_protocol(label, protocol, self.tokenizer.max_length)
+                if not k:
+                    continue
+                if truth is None:
+                    metrics.dropped += 1
+                    continue
+                metrics.add(clean(pred), truth)
+        if batch_idx == 0 and self.global_rank == 0 and dataloader_idx not in self._val_samples:
+            k = self.num_sample_images
+            self._val_samples[dataloader_idx] = (images[:k].detach().cpu(), predictions[:k], labels[:k])
+
+    def on_validation_epoch_end(self) -> None:
+        # (sets, protocols, [samples, correct, ned_sum]) summed over ranks: exact metrics on any world size.
+        sums = torch.tensor([[[m.num_samples, m.correct, m.ned_sum] for m in row] for row in self._val_metrics],
+                            dtype=torch.float64, device=self.device)
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        sums = sums.cpu()
+        for i in range(sums.shape[0]):
+            name = self._val_name(i)
+            for p, protocol in enumerate(self.protocols):
+                n, correct, ned = sums[i, p].tolist()
+                suffix = "" if protocol == "36" else f"_{protocol}"
+                if n:
+                    self.log(f"val/{name}/acc{suffix}", 100.0 * correct / n, sync_dist=False)
+                    self.log(f"val/{name}/ned{suffix}", 100.0 * (1.0 - ned / n), sync_dist=False)
+        total = sums.sum(0)  # (protocols, 3)
+        for p, protocol in enumerate(self.protocols):
+            n, correct, ned = total[p].tolist()
+            suffix = "" if protocol == "36" else f"_{protocol}"
+            acc = 100.0 * correct / n if n else 0.0
+            self.log(f"val/acc{suffix}", acc, prog_bar=protocol == "36", sync_dist=False)
+            self.log(f"val/ned{suffix}", 100.0 * (1.0 - ned / n) if n else 0.0, sync_dist=False)
+        if self.global_rank == 0 and not self.trainer.sanity_checking:
+            self._log_samples()
+        if self._ema_backup is not None:
+            self.model.load_state_dict(self._ema_backup)
+            self._ema_backup = None
+
+    def _log_samples(self) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for lg in self.loggers:
+            if not isinstance(lg, TensorBoardLogger):
+                continue
+            for i, (images, preds, labels) in sorted(self._val_samples.items()):
+                name = self._val_name(i)
+                lg.experiment.add_image(f"samples/{name}", sample_sheet(images, preds, labels), self.global_step,
+                                        dataformats="HWC")
+                rows = "\n".join(f"| {p} | {t} | {'ok' if p == t else 'wrong'} |" for p, t in zip(preds, labels))
+                lg.experiment.add_text(f"samples/{name}", "| predicted | true | |\n|---|---|---|\n" + rows,
+                                       self.global_step)
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CKPT_CONFIG_KEY] = self.config
+        checkpoint[CKPT_RNG_KEY] = rng_state()
+        if self.ema is not None:
+            checkpoint[CKPT_EMA_KEY] = {k: v.detach().cpu().clone() for k, v in self.ema.shadow.items()}
+            checkpoint[CKPT_EMA_STATE_KEY] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None and CKPT_EMA_KEY in checkpoint:
+            self.ema.load(checkpoint[CKPT_EMA_KEY], checkpoint.get(CKPT_EMA_STATE_KEY, {}))
+        self._pending_rng = checkpoint.get(CKPT_RNG_KEY)
+
+
+def describe_parameters(module: nn.Module) -> str:
+    n = sum(p.numel() for p in module.parameters())
+    return f"{n / 1e6:.2f} M parameters" if n >= 1e5 else f"{n} parameters"
+
+
+__all__ = ["RecognitionModule", "VAL_METRIC", "charset_protocol", "cpu_threads", "sample_sheet",
+           "describe_parameters"]

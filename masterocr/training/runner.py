@@ -1,0 +1,267 @@
+"""One training run from a resolved config: the model, the data, the Lightning Trainer, checkpoints, exports.
+
+Devices follow Lightning: `train.accelerator/devices/num_nodes/strategy/precision`. Under `torchrun` or SLURM
+(`srun`) every process runs this same code and Lightning reads the rank from the environment; with
+`devices: N` on one machine Lightning launches the N processes itself. On CPU, bf16 autocast is the default
+precision and the compute threads per process are set so that processes x threads + loader workers fit the
+cores (oversubscription was measured to cost 3-6x).
+
+Run folder (`--output`, default runs/<config name>):
+    config.yaml             the fully resolved config (also inside every checkpoint)
+    checkpoints/last.ckpt   every train.checkpoint_every_steps and at the end; resume with --resume
+    checkpoints/best.ckpt   best combined validation accuracy (36 protocol)
+    tensorboard/, csv/metrics.csv
+    weights/final.safetensors (+ .json), weights/best.safetensors: model weights only, for distribution
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from masterocr.config import load_config, to_dict
+
+logger = logging.getLogger(__name__)
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "seed": 42,
+    "batch_size": 64,                 # per device (process)
+    "val_batch_size": None,           # default: batch_size
+    "accumulate_grad_batches": 1,
+    "max_steps": 100_000,             # optimiser steps; null to train by max_epochs
+    "max_epochs": None,
+    "optimizer": "adamw",             # adam | adamw
+    "lr": 4.0e-4,                     # peak lr at lr_reference_batch images per optimiser step
+    "lr_reference_batch": 512,
+    "lr_scaling": "sqrt",             # sqrt | linear | none: how lr follows the global batch
+    "weight_decay": 0.0,
+    "betas": [0.9, 0.999],
+    "schedule": "onecycle",           # onecycle | cosine | constant
+    "warmup": 0.05,                   # fraction of the steps (< 1) or a number of steps
+    "min_lr_ratio": 0.01,             # final lr / peak lr
+    "gradient_clip": 5.0,             # max gradient norm; 0 or null: off
+    "label_smoothing": 0.0,
+    "aux_ctc_weight": 0.0,            # > 0: joint CTC-attention training on the encoder memory
+    "ema": False,
+    "ema_decay": 0.9999,
+    "init_weights": None,             # weights to start from (what --finetune sets)
+    "accelerator": "auto",            # auto | cpu | gpu
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",               # auto | ddp | ...
+    "precision": "auto",              # auto: bf16-mixed on CPU and bf16 GPUs, 16-mixed on older GPUs; or 32-true
+    "num_threads": "auto",            # CPU compute threads per process
+    "channels_last": "auto",          # auto: on (faster convolutions with bf16 on CPU and GPU)
+    "val_every_steps": 1000,
+    "checkpoint_every_steps": 1000,
+    "log_every_steps": 50,
+    "progress_refresh": "auto",       # batches between progress-bar updates (auto: 1 on a terminal, else 50)
+    "sample_images": 8,               # validation samples drawn into TensorBoard per set
+    "num_sanity_val_steps": 2,
+    "export_dtype": "fp32",           # weights/*.safetensors precision: fp32 | fp16
+    "deterministic": False,
+}
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "train": [],                      # [{path: ..., weight: ...} | {synthetic: {length, seed, config}, weight}]
+    "val": [],                        # [{name: ..., path: ...}]
+    "augment": "parseq",              # parseq | light | none | {preset, num_ops, ops: {...}}
+    "keep_aspect": False,
+    "remove_whitespace": False,
+    "epoch_size": None,               # draws per epoch (default: all samples of all sources)
+    "num_workers": "auto",
+    "prefetch_factor": 2,
+}
+
+
+# ---- config ------------------------------------------------------------------------------------------------
+
+def with_defaults(cfg: DictConfig | Mapping) -> DictConfig:
+    """Fill `train:` / `data:` defaults under a config; unknown keys there are an error naming them."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    for section, defaults in (("train", TRAIN_DEFAULTS), ("data", DATA_DEFAULTS)):
+        given = cfg.get(section) or {}
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown {section} config key(s) {unknown}; known: {sorted(defaults)}")
+    if "model" not in cfg:
+        raise ValueError("config has no `model:` section (start from a model config, e.g. `base: master.yaml`)")
+    return OmegaConf.merge({"train": TRAIN_DEFAULTS, "data": DATA_DEFAULTS}, cfg)
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """The resolved run config stored in a training checkpoint (weights_only load, memory-mapped)."""
+    from masterocr.weights import CKPT_CONFIG_KEY, WeightsError
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint") from None
+    except Exception as e:
+        raise WeightsError(f"--resume {path}: cannot load as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+    cfg = ckpt.get(CKPT_CONFIG_KEY) if isinstance(ckpt, dict) else None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--resume {path}: not a masterocr training checkpoint (no config inside)")
+    return cfg
+
+
+def resolve_run_config(config: str | None, overrides: Sequence[str] = (), resume: str | None = None,
+                       finetune: str | None = None) -> DictConfig:
+    """The run's config: --config + overrides, or on --resume the checkpoint's own config + overrides."""
+    if resume:
+        if config:
+            logger.warning("--resume: using the config saved in %s; --config %s is ignored (overrides apply)",
+                           resume, config)
+        cfg = OmegaConf.create(read_checkpoint_config(resume))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ValueError(f"override {bad[0]!r} must look like key=value (e.g. train.max_steps=20000)")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    else:
+        if not config:
+            raise ValueError("--config is required (a config name such as master-small, or a YAML file)")
+        cfg = load_config(config, overrides)
+    cfg = with_defaults(cfg)
+    if finetune:
+        cfg.train.init_weights = str(finetune)
+    if cfg.train.init_weights and not resume:
+        cfg.model = finetune_model_config(cfg.model, cfg.train.init_weights)
+    return cfg
+
+
+def finetune_model_config(model_cfg: DictConfig, weights: str) -> DictConfig:
+    """The model to fine-tune: the architecture of `weights`, with the charset and label length of the run's
+    config (rows of characters both charsets share are copied, see weights.finetune_state_dict)."""
+    from masterocr.weights import read_model_config
+
+    source = read_model_config(weights)
+    merged = dict(source, charset=model_cfg.charset, max_label_length=model_cfg.max_label_length)
+    changed = sorted(k for k in set(source) | set(model_cfg)
+                     if k not in ("charset", "max_label_length") and source.get(k) != model_cfg.get(k))
+    if changed:
+        logger.warning("--finetune %s: the model follows the weights' architecture; config values replaced for %s",
+                       weights, changed)
+    return OmegaConf.create(merged)
+
+
+def default_output(config: str | None, resume: str | None) -> Path:
+    if resume:
+        ckpt = Path(resume).resolve()
+        if ckpt.parent.name == "checkpoints":
+            return ckpt.parent.parent
+    name = Path(config).stem if config else "run"
+    return Path("runs") / name
+
+
+# ---- devices -----------------------------------------------------------------------------------------------
+
+def resolve_devices(t: Mapping[str, Any]) -> dict[str, Any]:
+    """Trainer device arguments from `train:`; "auto" precision is bf16-mixed on CPU and bf16 GPUs."""
+    accelerator = str(t["accelerator"])
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = str(t["precision"])
+    if precision == "auto":
+        precision = "bf16-mixed" if (not use_gpu or torch.cuda.is_bf16_supported()) else "16-mixed"
+    channels_last = t["channels_last"]
+    channels_last = True if channels_last == "auto" else bool(channels_last)
+    devices = t["devices"]
+    if devices == "auto" and not use_gpu:
+        devices = 1  # Lightning's "auto" on CPU is 1 process; ask for more explicitly (DDP on gloo)
+    return {"accelerator": "gpu" if use_gpu else ("cpu" if accelerator == "auto" else accelerator),
+            "devices": devices, "num_nodes": int(t["num_nodes"]), "strategy": t["strategy"],
+            "precision": precision, "channels_last": channels_last}
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+
+def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
+    """Train per `cfg` into `output`; returns a summary (steps, best score, files)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from masterocr.models import build_model
+    from masterocr.training.callbacks import AtomicCheckpointIO, ProgressBar, RunCheckpoints, ThroughputMonitor
+    from masterocr.training.data import RecognitionData
+    from masterocr.training.module import VAL_METRIC, RecognitionModule, describe_parameters
+    from masterocr.weights import load_for_finetune, save_weights
+
+    output = Path(output)
+    ckpt_dir = output / "checkpoints"
+    if not resume and (ckpt_dir / "last.ckpt").exists():
+        raise ValueError(f"{output} already holds a run ({ckpt_dir / 'last.ckpt'}); continue it with "
+                         f"--resume {ckpt_dir / 'last.ckpt'} or choose another --output")
+    dev = resolve_devices(cfg.train)
+    cfg.train.channels_last = dev["channels_last"]
+    cfg.train.precision = dev["precision"]
+    t = cfg.train
+    config = to_dict(cfg)
+
+    pl.seed_everything(int(t.seed), workers=False, verbose=False)  # data randomness is seeded per sample
+    if dev["accelerator"] == "gpu":
+        torch.set_float32_matmul_precision("high")
+    model = build_model(cfg.model)
+    if t.init_weights and not resume:
+        stats = load_for_finetune(model, t.init_weights)
+        logger.info("initialised from %s: %d characters shared, %d new", t.init_weights, stats["shared_chars"],
+                    stats["new_chars"])
+    data = RecognitionData(config, model.tokenizer, model.img_size, model.in_channels)
+    data.setup("fit")
+    module = RecognitionModule(model, config, val_names=data.val_names)
+    logger.info("model %s: %s", cfg.model.name, describe_parameters(model))
+
+    has_val = bool(data.val_sets)
+    accumulate = int(t.accumulate_grad_batches)
+    checkpoints = RunCheckpoints(ckpt_dir, int(t.checkpoint_every_steps), VAL_METRIC if has_val else None)
+    refresh = t.progress_refresh
+    refresh = (1 if sys.stderr.isatty() else 50) if refresh == "auto" else int(refresh)
+    max_steps = int(t.max_steps) if t.max_steps else -1
+    if max_steps < 0 and not t.max_epochs:
+        raise ValueError("set train.max_steps or train.max_epochs")
+    trainer = pl.Trainer(
+        accelerator=dev["accelerator"], devices=dev["devices"], num_nodes=dev["num_nodes"], strategy=dev["strategy"],
+        precision=dev["precision"], max_steps=max_steps, max_epochs=int(t.max_epochs) if t.max_epochs else -1,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=float(t.gradient_clip) if t.gradient_clip else None, gradient_clip_algorithm="norm",
+        val_check_interval=int(t.val_every_steps) * accumulate if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1, limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=int(t.num_sanity_val_steps) if has_val else 0,
+        log_every_n_steps=int(t.log_every_steps),
+        callbacks=[checkpoints, ThroughputMonitor()] + ([ProgressBar(refresh_rate=refresh)] if refresh > 0 else []),
+        enable_progress_bar=refresh > 0,
+        logger=[TensorBoardLogger(output, name="tensorboard", version=""), CSVLogger(output, name="csv", version="")],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # RecognitionData shards by rank itself
+        default_root_dir=output, deterministic=bool(t.deterministic), benchmark=dev["accelerator"] == "gpu",
+        enable_checkpointing=False,  # RunCheckpoints writes last/best
+    )
+    if trainer.is_global_zero:
+        output.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(config), output / "config.yaml")
+        logger.info("run folder %s", output)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+
+    summary: dict[str, Any] = {"output": str(output), "global_step": trainer.global_step,
+                               "world_size": trainer.world_size, "is_global_zero": trainer.is_global_zero,
+                               "interrupted": trainer.interrupted, "best_score": checkpoints.best_score,
+                               "best_step": checkpoints.best_step, "last": checkpoints.last_path}
+    if trainer.is_global_zero and not trainer.interrupted:
+        extra = {"global_step": trainer.global_step, "best_val_acc": checkpoints.best_score}
+        final = module.ema.shadow if module.ema is not None else model.state_dict()
+        summary["final_weights"] = str(save_weights(final, cfg.model, output / "weights" / "final.safetensors",
+                                                    dtype=str(t.export_dtype), extra=extra))
+        if os.path.exists(checkpoints.best_path):
+            from masterocr.weights import read_checkpoint
+
+            tensors, model_cfg, _ = read_checkpoint(checkpoints.best_path)
+            summary["best_weights"] = str(save_weights(tensors, model_cfg, output / "weights" / "best.safetensors",
+                                                       dtype=str(t.export_dtype),
+                                                       extra={"global_step": checkpoints.best_step,
+                                                              "val_acc": checkpoints.best_score}))
+    return summary

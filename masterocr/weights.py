@@ -1,0 +1,358 @@
+"""Model weights on disk: safetensors + resolved config + charset; bundled names; checkpoint import; finetuning.
+
+A distribution file `<name>.safetensors` holds the model's tensors (fp32 or fp16) and, in its metadata, the
+resolved `model:` config as JSON (with the charset written out as the literal string, so the file never
+depends on a charset file or a built-in name). A `<name>.json` sidecar repeats the config for people and tools.
+
+Loading never unpickles arbitrary objects: safetensors holds only tensors and strings, and training
+checkpoints (.ckpt) are read with `torch.load(weights_only=True)`, which refuses any pickled class or
+function, so a checkpoint downloaded from the internet cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from masterocr import __version__
+from masterocr.charset import load_charset
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+FORMAT_NAME = "masterocr"
+FORMAT_VERSION = 1
+# Keys a training checkpoint (masterocr.training) stores next to Lightning's own.
+CKPT_CONFIG_KEY = "masterocr_config"  # the full resolved run config, plain dict
+CKPT_EMA_KEY = "masterocr_ema_state_dict"  # EMA copy of the model's weights, when EMA is on
+CKPT_MODEL_PREFIX = "model."  # the LightningModule holds the pure model as `self.model`
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the message names the file."""
+
+
+# ---- config helpers ------------------------------------------------------------------------------------
+
+def _plain(cfg: Any) -> dict:
+    """DictConfig / Mapping -> plain, resolved dict (JSON-serialisable)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"model config must be a mapping, got {type(cfg).__name__}")
+    return json.loads(json.dumps(dict(cfg)))
+
+
+def resolve_model_config(model_cfg: Any) -> dict:
+    """The `model:` section as a plain dict with `charset` replaced by the literal characters.
+
+    "94" or a path to a charset file becomes the string itself, so the saved config is self-contained.
+    """
+    cfg = _plain(model_cfg)
+    if "charset" not in cfg:
+        raise ValueError("model config has no `charset`")
+    cfg["charset"] = load_charset(cfg["charset"])
+    return cfg
+
+
+def _build(model_cfg: dict) -> nn.Module:
+    from masterocr.models import build_model  # imported late: weights.py is imported by models' users
+    return build_model(model_cfg)
+
+
+# ---- saving ---------------------------------------------------------------------------------------------
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file normal permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def model_tensors(state_dict: Mapping[str, torch.Tensor], dtype: str | torch.dtype | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (safetensors refuses shared storage); floating tensors cast to `dtype`."""
+    target = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    out = {}
+    for key, value in state_dict.items():
+        t = value.detach().to("cpu")
+        if target is not None and t.is_floating_point():
+            t = t.to(target)
+        out[key] = t.contiguous().clone()
+    return out
+
+
+def save_weights(model: nn.Module | Mapping[str, torch.Tensor], model_cfg: Any, path: str | os.PathLike,
+                 dtype: str = "fp32", extra: Mapping[str, Any] | None = None) -> Path:
+    """Write `path` (.safetensors) with the resolved model config in its metadata and a `.json` sidecar.
+
+    `model` is the pure model (or its state dict); training-only parts such as an auxiliary CTC head live
+    on the training module, not on the model, and are therefore never saved here. `dtype` "fp16" halves the
+    file for distribution; loading casts back to the model's dtype. `extra` (JSON-serialisable) is kept in
+    the sidecar and metadata, e.g. training step or validation accuracy. Both files are written atomically.
+    """
+    from safetensors.torch import save as st_save
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: weights must be saved as .safetensors")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {sorted(_DTYPES)}")
+    cfg = resolve_model_config(model_cfg)
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = model_tensors(state, dtype)
+    info = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "masterocr_version": __version__,
+        "dtype": str(_DTYPES[dtype]).replace("torch.", ""),
+        "model": cfg,
+        "extra": _plain(extra or {}),
+    }
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "masterocr_version": __version__,
+        "dtype": info["dtype"],
+        "model_config": json.dumps(cfg, ensure_ascii=False),
+        "extra": json.dumps(info["extra"], ensure_ascii=False),
+    }
+    _atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+    _atomic_write_bytes(sidecar_path(path), (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode())
+    return path
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+# ---- reading --------------------------------------------------------------------------------------------
+
+def bundled_names() -> list[str]:
+    """Names of weights shipped in masterocr/weights/ (usable as `load_model("<name>")`)."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+
+
+def resolve_weights_path(name_or_path: str | os.PathLike) -> Path:
+    """An existing file, or the name of bundled weights. Raises FileNotFoundError naming the input."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = BUNDLED_DIR / f"{name_or_path}.safetensors"
+    if bundled.is_file():
+        return bundled
+    raise FileNotFoundError(
+        f"weights {str(name_or_path)!r}: not a file and not a bundled name (bundled: {bundled_names() or 'none'})")
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, model config) from a .safetensors file written by save_weights (config from metadata,
+    or from the .json sidecar for files whose metadata lacks it)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    if "model_config" in metadata:
+        cfg = json.loads(metadata["model_config"])
+    elif sidecar_path(path).is_file():
+        cfg = json.loads(sidecar_path(path).read_text(encoding="utf-8")).get("model")
+    else:
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"{path}: no model config in the metadata and no {sidecar_path(path).name} sidecar")
+    return tensors, cfg
+
+
+def read_model_config(name_or_path: str | os.PathLike) -> dict:
+    """The model config of weights without loading their tensors (safetensors metadata, or a memory-mapped
+    weights-only checkpoint)."""
+    path = resolve_weights_path(name_or_path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+        if "model_config" in metadata:
+            return json.loads(metadata["model_config"])
+        return read_safetensors(path)[1]
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot load as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+    cfg = ckpt.get(CKPT_CONFIG_KEY, {}).get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"{path}: checkpoint carries no masterocr config ({CKPT_CONFIG_KEY!r})")
+    return cfg
+
+
+def read_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(model tensors, model config, full run config) from a masterocr training checkpoint (.ckpt).
+
+    Loaded with weights_only=True: only tensors and plain containers can come out, never code. The EMA
+    weights are returned when the checkpoint has them and `use_ema` (they are what EMA is for).
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for unsafe content, RuntimeError/EOFError for broken files
+        raise WeightsError(f"{path}: cannot load as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise WeightsError(f"{path}: not a training checkpoint (no state_dict)")
+    run_cfg = ckpt.get(CKPT_CONFIG_KEY)
+    if not isinstance(run_cfg, dict) or not isinstance(run_cfg.get("model"), dict):
+        raise WeightsError(f"{path}: checkpoint carries no masterocr config ({CKPT_CONFIG_KEY!r})")
+    if use_ema and isinstance(ckpt.get(CKPT_EMA_KEY), dict):
+        tensors = dict(ckpt[CKPT_EMA_KEY])
+    else:
+        n = len(CKPT_MODEL_PREFIX)
+        tensors = {k[n:]: v for k, v in ckpt["state_dict"].items() if k.startswith(CKPT_MODEL_PREFIX)}
+    if not tensors:
+        raise WeightsError(f"{path}: checkpoint holds no model weights")
+    return tensors, run_cfg["model"], run_cfg
+
+
+def read_weights(name_or_path: str | os.PathLike, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, model config) from a bundled name, a .safetensors file or a .ckpt checkpoint."""
+    path = resolve_weights_path(name_or_path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    if path.suffix in (".ckpt", ".pt", ".pth"):
+        tensors, model_cfg, _ = read_checkpoint(path, use_ema=use_ema)
+        return tensors, model_cfg
+    raise WeightsError(f"{path}: unknown weights format (expected .safetensors or .ckpt)")
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
+               use_ema: bool = True) -> tuple[nn.Module, dict]:
+    """Build the model described by the weights' own config, load the tensors, return (model in eval mode,
+    model config dict). Accepts a bundled name, a .safetensors path or a training checkpoint (.ckpt)."""
+    tensors, model_cfg = read_weights(name_or_path, use_ema=use_ema)
+    model = _build(model_cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)  # copies (and casts fp16 -> the model's dtype)
+    except RuntimeError as e:
+        raise WeightsError(f"{name_or_path}: weights do not fit the model their config describes: {e}") from None
+    return model.to(device).eval(), model_cfg
+
+
+# ---- finetuning with another charset --------------------------------------------------------------------
+
+def token_id_map(src_tokenizer: Any, dst_tokenizer: Any) -> dict[int, int]:
+    """{target token id: source token id} for ids that mean the same thing in both tokenizers: the special
+    tokens (EOS/BOS/PAD or CTC blank) and every character both charsets share."""
+    mapping: dict[int, int] = {}
+    for special in ("eos_id", "bos_id", "pad_id", "blank_id"):
+        if hasattr(src_tokenizer, special) and hasattr(dst_tokenizer, special):
+            mapping[getattr(dst_tokenizer, special)] = getattr(src_tokenizer, special)
+    src_index = {c: i for i, c in enumerate(src_tokenizer.charset)}
+    for i, c in enumerate(dst_tokenizer.charset):
+        if c in src_index:
+            mapping[i + 1] = src_index[c] + 1  # characters are ids 1..N in both tokenizer kinds
+    return mapping
+
+
+def _token_indexed_params(model: nn.Module) -> dict[str, str]:
+    """{state-dict key: "tokens" | "classes"} for tensors whose rows are indexed by token id: embedding
+    tables sized by the vocabulary and classifier layers (weight rows and bias) sized by the classes."""
+    tok = model.tokenizer
+    sizes = {"tokens": getattr(tok, "num_tokens", None), "classes": tok.num_classes}
+    found: dict[str, str] = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Embedding):
+            for kind, n in sizes.items():
+                if module.num_embeddings == n:
+                    found[prefix + "weight"] = kind
+                    break
+        elif isinstance(module, nn.Linear) and module.out_features == sizes["classes"]:
+            found[prefix + "weight"] = "classes"
+            if module.bias is not None:
+                found[prefix + "bias"] = "classes"
+    return found
+
+
+def finetune_state_dict(model: nn.Module, src_tensors: Mapping[str, torch.Tensor], src_model_cfg: Mapping
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """A state dict for `model` built from weights trained with another (or the same) charset.
+
+    Tensors indexed by token id (embedding rows, classifier rows and bias) take the rows of the special
+    tokens and of the characters both charsets share from the source; the other rows keep `model`'s fresh
+    initialisation. Every other tensor is copied and must match in shape (a different architecture is an
+    error naming the tensor). Returns (state dict, stats: shared characters, new characters, tensors remapped).
+    """
+    from masterocr.charset import AttentionTokenizer, CTCTokenizer
+
+    dst_tok = model.tokenizer
+    kind = CTCTokenizer if isinstance(dst_tok, CTCTokenizer) else AttentionTokenizer
+    src_tok = kind(load_charset(src_model_cfg["charset"]), dst_tok.max_length)
+    mapping = token_id_map(src_tok, dst_tok)
+    same_charset = src_tok.charset == dst_tok.charset
+    indexed = {} if same_charset else _token_indexed_params(model)
+    src_sizes = {"tokens": getattr(src_tok, "num_tokens", None), "classes": src_tok.num_classes}
+
+    target = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    missing = [k for k in target if k not in src_tensors]
+    if missing:
+        raise WeightsError(f"finetune: source weights lack {len(missing)} tensors of the model, e.g. {missing[0]!r}")
+    remapped = 0
+    for key, dst in target.items():
+        src = src_tensors[key]
+        if key in indexed and src.shape[0] == src_sizes[indexed[key]] and src.shape[1:] == dst.shape[1:]:
+            new = dst.detach().clone()
+            rows_dst = [d for d in mapping if d < dst.shape[0]]
+            rows_src = [mapping[d] for d in rows_dst]
+            new[rows_dst] = src[rows_src].to(new.dtype)
+            out[key] = new
+            remapped += 1
+        elif src.shape == dst.shape:
+            out[key] = src.to(dst.dtype)
+        else:
+            raise WeightsError(f"finetune: tensor {key!r} has shape {tuple(src.shape)} in the source weights but "
+                               f"{tuple(dst.shape)} in the model (different architecture, not only the charset)")
+    shared = sum(1 for c in dst_tok.charset if c in src_tok.charset)
+    stats = {"shared_chars": shared, "new_chars": len(dst_tok.charset) - shared, "remapped_tensors": remapped}
+    return out, stats
+
+
+def load_for_finetune(model: nn.Module, weights: str | os.PathLike, use_ema: bool = True) -> dict[str, int]:
+    """Load `weights` (bundled name, .safetensors or .ckpt) into `model` in place, weights only (no optimizer
+    or schedule), mapping rows when the charsets differ. Returns the stats of finetune_state_dict."""
+    src_tensors, src_cfg = read_weights(weights, use_ema=use_ema)
+    state, stats = finetune_state_dict(model, src_tensors, src_cfg)
+    model.load_state_dict(state, strict=True)
+    return stats

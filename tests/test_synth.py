@@ -1,0 +1,334 @@
+"""The synthetic word engine: determinism per index, font coverage, DejaVu-only operation, every effect at
+probability 1, LMDB baking read back through the standard loader, and a Chinese charset."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from masterocr.charset import load_charset
+from masterocr.data.image import ImageTransform
+from masterocr.data.synth import (Renderer, SyntheticDataset, build_config, build_fonts, check_font,
+                                  default_font_paths, sample_rng)
+from masterocr.data.synth.config import EFFECT_NAMES
+from masterocr.data.synth.text import TextSampler
+
+DEJAVU = sorted(p for p in default_font_paths() if os.path.basename(p).startswith("DejaVu"))
+needs_dejavu = pytest.mark.skipif(not DEJAVU, reason="DejaVu fonts (fonts-dejavu-core) are not installed")
+
+
+@pytest.fixture(autouse=True)
+def _font_cache(tmp_path_factory, monkeypatch):
+    """Font-check results go to a cache private to this test session."""
+    monkeypatch.setenv("MASTEROCR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def dejavu_dir(tmp_path_factory):
+    """A folder holding only the DejaVu fonts (symlinks), as on a machine with nothing else installed."""
+    if not DEJAVU:
+        pytest.skip("DejaVu fonts are not installed")
+    folder = tmp_path_factory.mktemp("dejavu")
+    for path in DEJAVU:
+        os.symlink(path, folder / os.path.basename(path))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def dejavu_fonts94(dejavu_dir):
+    """The DejaVu FontSet for charset 94 with the default weights, checked once for the session."""
+    return build_fonts("94", [dejavu_dir])
+
+
+def _cjk_font() -> str | None:
+    """An installed font that draws Chinese (fonts-wqy-microhei, Noto CJK, ...), or None."""
+    pattern = re.compile(r"wqy|cjk|droidsansfallback|uming|ukai|zenhei|microhei|sc-|sourcehan", re.I)
+    for path in default_font_paths():
+        if not pattern.search(os.path.basename(path)):
+            continue
+        coverage, reason = check_font(path, "中文字")
+        if len(coverage) == 3 and not reason:
+            return path
+    return None
+
+
+# ---- determinism ------------------------------------------------------------------------------------------
+
+@needs_dejavu
+def test_sample_is_a_pure_function_of_seed_and_index(dejavu_dir, dejavu_fonts94):
+    transform = ImageTransform(32, 100)
+    ds = SyntheticDataset("94", transform=transform, seed=11, fonts=dejavu_fonts94, length=100)
+    first = ds[7]
+    for i in (3, 50, 8, 7000):  # other samples in between must not matter
+        ds[i]
+    again = ds[7]
+    # A fresh object, with its own fonts and caches, as a DataLoader worker started anew would have.
+    fresh = SyntheticDataset("94", transform=transform, seed=11, fonts=[dejavu_dir], length=100)
+    other = fresh[7]
+    # And a pickled copy, as a worker started with the spawn method receives.
+    spawned = pickle.loads(pickle.dumps(ds))[7]
+    for sample in (again, other, spawned):
+        assert torch.equal(sample[0], first[0])
+        assert sample[1:] == first[1:]
+    assert first[2] == "synth:11:7"
+    assert first[0].shape == (3, 32, 100)
+    image, label = ds.render(7)
+    assert label == first[1]
+    assert np.array_equal(np.asarray(image), np.asarray(fresh.render(7)[0]))
+
+
+@needs_dejavu
+def test_different_index_or_seed_gives_a_different_sample(dejavu_fonts94):
+    a = SyntheticDataset("94", seed=1, fonts=dejavu_fonts94)
+    b = SyntheticDataset("94", seed=2, fonts=dejavu_fonts94)
+    renders = [np.asarray(a.render(i)[0]) for i in range(4)] + [np.asarray(b.render(0)[0])]
+    for i in range(len(renders)):
+        for j in range(i + 1, len(renders)):
+            assert renders[i].shape != renders[j].shape or not np.array_equal(renders[i], renders[j])
+    with pytest.raises(IndexError):
+        a.render(-1)
+
+
+def test_sample_rng_is_keyed_by_seed_and_index():
+    assert sample_rng(3, 9).random() == sample_rng(3, 9).random()
+    assert sample_rng(3, 9).random() != sample_rng(3, 10).random()
+    assert sample_rng(3, 9).random() != sample_rng(4, 9).random()
+
+
+# ---- labels and fonts -------------------------------------------------------------------------------------
+
+@needs_dejavu
+@pytest.mark.parametrize("spec", ["36", "62", "94"])
+def test_labels_respect_charset_and_max_length(spec, dejavu_dir):
+    charset = load_charset(spec)
+    renderer = Renderer(spec, height=32, max_length=12, fonts=[dejavu_dir])
+    for i in range(60):
+        rng = sample_rng(0, i)
+        image, label = renderer.render(rng)
+        assert 1 <= len(label) <= 12
+        assert set(label) <= set(charset), label
+        assert image.height == 32 and image.mode == "RGB"
+        if spec == "36":
+            assert label == label.lower()
+
+
+@needs_dejavu
+def test_every_charset_character_renders_with_the_chosen_fonts(dejavu_fonts94):
+    charset = load_charset("94")
+    fonts = dejavu_fonts94
+    assert set(charset) <= fonts.coverage  # every character is drawn by some font
+    size = 32
+    for index, info in enumerate(fonts.fonts):
+        for ch in info.coverage:  # and every character a font claims has ink
+            if ch.isspace():
+                continue
+            mask = fonts.glyph(index, size, ch)[0]
+            assert mask.size and mask.max() >= 128, (info.path, ch)
+    # Text is only ever drawn with a font that covers all of it.
+    sampler = TextSampler(charset, 25)
+    for i in range(100):
+        rng = sample_rng(5, i)
+        text, label = sampler.sample(rng)
+        font = fonts.choose(text, rng)
+        assert font is not None and set(text) <= fonts.fonts[font].coverage
+
+
+@needs_dejavu
+def test_coverage_check_rejects_missing_glyphs():
+    sans = next(p for p in DEJAVU if os.path.basename(p) == "DejaVuSans.ttf")
+    coverage, reason = check_font(sans, "ab中\ue000")  # CJK and private-use characters are not in DejaVu
+    assert coverage == frozenset("ab") and reason == ""
+    coverage, reason = check_font(sans, "中文")
+    assert coverage == frozenset() and reason
+    coverage, reason = check_font("/no/such/font.ttf", "ab")
+    assert coverage == frozenset() and "cannot" in reason
+
+
+def test_coverage_check_rejects_picture_fonts():
+    names = {"D050000L.otf", "90stars.ttf", "fauxsnow.ttf", "xmaslght.ttf"}  # dingbats / picture faces
+    pictures = [p for p in default_font_paths() if os.path.basename(p) in names]
+    if not pictures:
+        pytest.skip("no dingbat font installed (fonts-urw-base35 or fonts-aenigma)")
+    for path in pictures:
+        coverage, reason = check_font(path, load_charset("94"))
+        assert not coverage and reason, path
+
+
+@needs_dejavu
+def test_engine_works_with_dejavu_only(dejavu_dir):
+    ds = SyntheticDataset("62", transform=ImageTransform(48, 160), seed=3, fonts=[dejavu_dir])
+    assert ds.renderer.fonts.fonts and all(os.path.basename(f.path).startswith("DejaVu")
+                                           for f in ds.renderer.fonts.fonts)
+    for i in range(20):
+        image, label, name = ds[i]
+        assert image.shape == (3, 48, 160) and image.min() >= -1 and image.max() <= 1
+        assert label and set(label) <= set(load_charset("62"))
+
+
+def test_no_usable_font_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no font"):
+        Renderer("94", fonts=[str(tmp_path)])
+
+
+# ---- effects and config -----------------------------------------------------------------------------------
+
+@needs_dejavu
+@pytest.mark.parametrize("height", [32, 48])
+def test_every_effect_at_probability_one(height, dejavu_fonts94):
+    everything = [f"effects.{name}.p=1" for name in EFFECT_NAMES]
+    renderer = Renderer("94", height=height, config=everything, fonts=dejavu_fonts94)
+    for i in range(15):
+        image, label = renderer.render(sample_rng(9, i))
+        assert image.height == height and image.width >= 2 and label
+    for name in EFFECT_NAMES:  # each one alone, strong
+        one = Renderer("94", height=height, config=[f"effects.{name}.p=1", f"effects.{name}.strength="
+                                                     f"{2 * getattr(build_config().effects, name).strength}"],
+                       fonts=dejavu_fonts94)
+        for i in range(3):
+            image, _ = one.render(sample_rng(i, 1))
+            assert image.height == height
+
+
+@needs_dejavu
+def test_curved_text_renders(dejavu_fonts94):
+    curved = Renderer("94", height=48, config=["effects.curve.p=1", "effects.rotation.p=0",
+                                                 "effects.perspective.p=0", "effects.shear.p=0"],
+                      fonts=dejavu_fonts94)
+    straight = Renderer("94", height=48, config=["effects.curve.p=0", "effects.rotation.p=0",
+                                                   "effects.perspective.p=0", "effects.shear.p=0"],
+                        fonts=dejavu_fonts94)
+    ratios = []
+    for i in range(30):
+        a, la = curved.render(sample_rng(1, i))
+        b, lb = straight.render(sample_rng(1, i))
+        assert la == lb  # the text is drawn before the curve decision
+        if len(la) >= 6:
+            ratios.append((a.width / a.height) / (b.width / b.height))
+    # Bending a long word along an arc makes its box taller relative to its width.
+    assert ratios and np.median(ratios) < 0.9
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = build_config(["effects.blur.p=0.9", {"text": {"weights": {"words": 2.0}}}])
+    assert cfg.effects.blur.p == 0.9 and cfg.text.weights["words"] == 2.0
+    path = tmp_path / "synth.yaml"
+    path.write_text("effects:\n  jpeg:\n    p: 0.0\ncrop:\n  max_aspect: 10\n")
+    cfg = build_config([str(path)])
+    assert cfg.effects.jpeg.p == 0.0 and cfg.crop.max_aspect == 10
+    with pytest.raises(ValueError, match="nosuch"):
+        build_config(["effects.nosuch.p=1"])
+    with pytest.raises(ValueError, match="blur.p"):
+        build_config(["effects.blur.p=1.5"])
+    with pytest.raises(ValueError):
+        build_config(["not an override"])
+
+
+def test_text_sources_cover_numbers_dates_prices_and_case():
+    charset = load_charset("94")
+    sampler = TextSampler(charset, 25)
+    texts = [sampler.sample(sample_rng(2, i))[0] for i in range(400)]
+    assert any(t.isdigit() for t in texts)
+    assert any("$" in t or "€" in t or "." in t for t in texts)
+    assert any(t.isupper() for t in texts) and any(t.islower() for t in texts)
+    # A case-insensitive charset shows upper-case signs but labels them in lower case.
+    sampler36 = TextSampler(load_charset("36"), 25)
+    pairs = [sampler36.sample(sample_rng(3, i)) for i in range(200)]
+    assert any(text != label for text, label in pairs)
+    assert all(text.lower() == label for text, label in pairs)
+
+
+def test_corpus_source(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Kaffee und Kuchen\nZimmer frei\n", encoding="utf-8")
+    sampler = TextSampler(load_charset("62"), 25, build_config([{"text": {
+        "corpus_files": [str(corpus)], "weights": {"corpus": 1.0, "words": 0.0, "pseudo": 0.0,
+                                                    "random": 0.0, "numbers": 0.0, "dates": 0.0,
+                                                    "prices": 0.0, "codes": 0.0}}}]).text)
+    words = {sampler.sample(sample_rng(0, i))[0] for i in range(50)}
+    assert words <= {"Kaffee", "und", "Kuchen", "Zimmer", "frei"} and len(words) >= 3
+
+
+# ---- baking and mixing ------------------------------------------------------------------------------------
+
+@needs_dejavu
+def test_baked_lmdb_reads_back_through_the_standard_loader(tmp_path, dejavu_dir):
+    from masterocr.cli.main import main
+    from masterocr.data.datasets import open_dataset
+
+    out, preview = tmp_path / "synth.lmdb", tmp_path / "preview.png"
+    code = main(["data", "synth", str(out), "--count", "10", "--seed", "4", "--fonts", dejavu_dir,
+                 "--preview", str(preview), "--preview-count", "6", "--config", "effects.jpeg.p=0"])
+    assert code == 0 and preview.is_file() and (out / "synth.json").is_file()
+    dataset = open_dataset(out, charset="94", max_length=25)
+    assert len(dataset) == 10 and dataset.report.num_dropped == 0
+    reference = SyntheticDataset("94", seed=4, fonts=[dejavu_dir], config=["effects.jpeg.p=0"])
+    for i in range(10):
+        image, label, _ = dataset[i]
+        expected, expected_label = reference.render(i)
+        assert label == expected_label
+        assert np.array_equal(np.asarray(image), np.asarray(expected))  # PNG is lossless
+    # Refuses to overwrite; a missing --count is an error, not a crash.
+    assert main(["data", "synth", str(out), "--count", "2", "--fonts", dejavu_dir]) == 2
+    assert main(["data", "synth", str(tmp_path / "other.lmdb"), "--fonts", dejavu_dir]) == 2
+
+
+@needs_dejavu
+def test_parallel_bake_matches_serial(tmp_path, dejavu_dir):
+    from masterocr.cli.main import main
+    from masterocr.data.datasets import open_dataset
+
+    args = ["--count", "300", "--seed", "2", "--fonts", dejavu_dir, "--format", "png"]
+    assert main(["data", "synth", str(tmp_path / "a.lmdb"), *args]) == 0
+    assert main(["data", "synth", str(tmp_path / "b.lmdb"), *args, "--workers", "2"]) == 0
+    a, b = open_dataset(tmp_path / "a.lmdb"), open_dataset(tmp_path / "b.lmdb")
+    assert [a.raw(i)[:2] for i in range(0, 300, 37)] == [b.raw(i)[:2] for i in range(0, 300, 37)]
+
+
+@needs_dejavu
+def test_mixes_with_other_datasets_in_a_batch(tmp_path, dejavu_fonts94):
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from masterocr.data.datasets import collate, open_dataset, write_lmdb
+
+    transform = ImageTransform(32, 100)
+    synth = SyntheticDataset("94", transform=transform, seed=0, fonts=dejavu_fonts94, length=6)
+    png = []
+    for i in range(3):
+        image, label = synth.render(100 + i)
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        png.append((buf.getvalue(), label))
+    write_lmdb(tmp_path / "real.lmdb", png)
+    real = open_dataset(tmp_path / "real.lmdb", transform=transform, charset="94")
+    loader = DataLoader(ConcatDataset([synth, real]), batch_size=9, collate_fn=collate)
+    images, labels, names = next(iter(loader))
+    assert images.shape == (9, 3, 32, 100) and len(labels) == 9
+    assert names[0] == "synth:0:0" and names[-1].endswith(":3")
+
+
+# ---- other scripts ----------------------------------------------------------------------------------------
+
+def test_chinese_charset_renders_with_a_cjk_font(tmp_path):
+    font = _cjk_font()
+    if font is None:
+        pytest.skip("no CJK font installed (fonts-wqy-microhei)")
+    chars = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例真务具万每目至达走积示议声报斗完类八离华名确才科张信马节话米整空元况今集温传土许步群广石记需段研界拉林律叫且究观越织装影算低持音众书布复容儿须际商非验连断深难近矿千周委素技备半办青省列习响约支般史感劳便团往酸历市克何除消构府称太准精值号率族维划选标写存候毛亲快效斯院查江型眼王按格养易置派层片始却专状育厂京识适属圆包火住调满县局照参红细引听该铁价严"
+    charset = load_charset(chars + "0123456789")
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("我们的国家在东方\n中华人民共和国\n今天是星期一\n", encoding="utf-8")
+    config = [{"text": {"corpus_files": [str(corpus)]}}]
+    ds = SyntheticDataset(charset, transform=ImageTransform(32, 128), seed=0, fonts=[font], config=config)
+    assert set(load_charset(chars)) & ds.renderer.fonts.coverage
+    seen = set()
+    for i in range(30):
+        image, label, _ = ds[i]
+        assert image.shape == (3, 32, 128)
+        assert label and set(label) <= set(charset)
+        seen.update(label)
+    assert len(seen - set("0123456789")) >= 10  # Chinese characters were actually drawn

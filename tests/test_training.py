@@ -1,0 +1,344 @@
+"""Training: samplers, schedule, loss, atomic checkpoints, overfitting a tiny set, SIGKILL + exact resume, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from masterocr.cli.main import main as cli_main
+from masterocr.config import load_config, to_dict
+from masterocr.models import build_model
+from masterocr.training.callbacks import AtomicCheckpointIO
+from masterocr.training.data import MixedBatchSampler, ResumableLoader, ShardSampler, sample_seed
+from masterocr.training.module import RecognitionModule, charset_protocol, sample_sheet
+from masterocr.training.optim import EMA, build_scheduler, scaled_lr, warmup_cosine
+from masterocr.weights import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ["cat", "dog", "sun", "red", "map", "box"]
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def render_words(folder: Path, words) -> Path:
+    """A labels.tsv folder of black-on-white word images (DejaVu Sans, else Pillow's default font)."""
+    (folder / "images").mkdir(parents=True)
+    font = ImageFont.truetype(FONT, 26) if os.path.exists(FONT) else ImageFont.load_default(26)
+    lines = []
+    for i, word in enumerate(words):
+        img = Image.new("RGB", (120, 40), "white")
+        ImageDraw.Draw(img).text((8, 4), word, fill="black", font=font)
+        img.save(folder / "images" / f"{i}.png")
+        lines.append(f"images/{i}.png\t{word}\n")
+    (folder / "labels.tsv").write_text("".join(lines))
+    return folder
+
+
+def tiny_config(tmp: Path, data: Path, **train) -> Path:
+    """A master-tiny run config on `data` (trained and validated on it), as a YAML file."""
+    t = {"batch_size": 6, "max_steps": 40, "lr": 1e-3, "lr_scaling": "none", "warmup": 3, "val_every_steps": 20,
+         "checkpoint_every_steps": 20, "log_every_steps": 1, "progress_refresh": 0, "num_sanity_val_steps": 0,
+         "num_threads": 1}
+    t.update(train)
+    cfg = {"base": "master-tiny",
+           "model": {"charset": "36", "max_label_length": 8, "img_size": [32, 96]},
+           "data": {"train": [{"path": str(data)}], "val": [{"name": "train", "path": str(data)}],
+                    "augment": "none", "num_workers": 0},
+           "train": t}
+    path = tmp / "tiny.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def words_dir(tmp_path_factory):
+    return render_words(tmp_path_factory.mktemp("words"), WORDS)
+
+
+def run_cli(args, **kwargs) -> subprocess.CompletedProcess | subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "masterocr.cli.main", "train", *map(str, args)]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+def summary_of(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+# ---- sampling ----------------------------------------------------------------------------------------------
+
+def test_mixed_sampler_is_deterministic_and_follows_ratios():
+    sizes, weights = [100, 10, 50], [2.0, 1.0, 1.0]
+    s = MixedBatchSampler(sizes, weights, batch_size=8, seed=3, epoch_size=400)
+    assert s.draw_counts() == [200, 100, 100]
+    first = list(s)
+    assert first == list(MixedBatchSampler(sizes, weights, 8, seed=3, epoch_size=400))
+    s.set_epoch(1)
+    assert list(s) != first
+    assert list(MixedBatchSampler(sizes, weights, 8, seed=4, epoch_size=400)) != first
+    draws = s.epoch_indices(0)
+    per_source = [int(((draws >= lo) & (draws < lo + n)).sum()) for lo, n in zip([0, 100, 110], sizes)]
+    assert per_source == [200, 100, 100]
+    small = draws[(draws >= 100) & (draws < 110)]
+    assert torch.bincount(small - 100).tolist() == [10] * 10  # a small source repeats evenly, not at random
+
+
+def test_sampler_shards_ranks_disjointly_and_skips_on_resume():
+    sizes, weights = [64, 36], [1.0, 1.0]
+    ranks = [MixedBatchSampler(sizes, weights, 5, seed=0, rank=r, world_size=3) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1
+    seen = [key for r in ranks for batch in r for key in batch]
+    positions = [key for key in seen]
+    assert len(set(positions)) == len(positions)  # (index, per-sample seed) pairs never repeat across ranks
+    full = list(ranks[1])
+    ranks[1]._skip_batches = 2
+    assert list(ranks[1]) == full[2:]
+    assert list(ranks[1]) == full  # the skip applies to one iteration only
+
+
+def test_loader_state_moves_to_next_epoch_at_epoch_end():
+    sampler = MixedBatchSampler([20], [1.0], 4, seed=0)
+    position = [0, 3]
+    loader = ResumableLoader(list(range(20)), batch_sampler=sampler, position=lambda: tuple(position))
+    assert loader.state_dict() == {"epoch": 0, "batches": 3, "seed": 0}
+    position[1] = len(sampler)
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["batches"] == 0
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    _set_sampler_epoch(loader, 3)  # what Lightning calls at every epoch start must reach the batch sampler
+    assert sampler.epoch == 3
+    loader.load_state_dict({"epoch": 2, "batches": 4, "seed": 0})
+    sampler2 = MixedBatchSampler([20], [1.0], 4, seed=0)
+    sampler2.set_epoch(2)
+    assert list(sampler) == list(sampler2)[4:]
+
+
+def test_shard_sampler_pads_but_marks_padding():
+    for n, world in [(10, 3), (7, 2), (4, 4), (2, 3)]:
+        shards = [list(ShardSampler(n, r, world)) for r in range(world)]
+        assert len({len(s) for s in shards}) == 1
+        kept = sorted(i for s in shards for i, keep in s if keep)
+        assert kept == list(range(n))
+
+
+def test_sample_seeds_differ():
+    seeds = {sample_seed(s, e, p) for s in range(3) for e in range(3) for p in range(200)}
+    assert len(seeds) == 3 * 3 * 200
+
+
+# ---- optimisation ------------------------------------------------------------------------------------------
+
+def test_lr_scaling_and_schedules():
+    assert scaled_lr(4e-4, 512, 512) == pytest.approx(4e-4)
+    assert scaled_lr(4e-4, 128, 512, "sqrt") == pytest.approx(2e-4)
+    assert scaled_lr(4e-4, 1024, 512, "linear") == pytest.approx(8e-4)
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scaled_lr(1e-3, 1, 1, "cubic")
+    assert warmup_cosine(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
+    for schedule in ("onecycle", "cosine"):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=1e-3)
+        sched = build_scheduler(opt, schedule, total_steps=100, warmup_steps=10, min_lr_ratio=0.01)
+        lrs = []
+        for _ in range(100):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert max(lrs) == pytest.approx(1e-3, rel=0.02)
+        assert 8 <= lrs.index(max(lrs)) <= 11  # peak at the end of warm-up
+        assert lrs[0] < 0.2e-3 and lrs[-1] < 0.05e-3
+
+
+def test_ema_tracks_average():
+    model = torch.nn.Linear(2, 1)
+    w0 = model.weight.detach().clone()
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    d = min(0.5, 2 / 11)  # decay warms up as (1 + n) / (10 + n)
+    assert torch.allclose(ema.shadow["weight"], d * w0 + (1 - d) * torch.ones(1, 2))
+    backup = ema.copy_to(model)
+    assert torch.allclose(model.weight, ema.shadow["weight"])
+    model.load_state_dict(backup)
+    assert torch.equal(model.weight, torch.ones(1, 2))
+
+
+# ---- loss ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model_cfg():
+    return to_dict(load_config("master-tiny", ["model.charset=36", "model.max_label_length=8",
+                                              "model.img_size=[32,96]"]))
+
+
+def _module(cfg, **train):
+    torch.manual_seed(0)
+    model = build_model(cfg["model"]).eval()  # eval: no dropout, so losses compare exactly
+    module = RecognitionModule(model, {"model": cfg["model"], "train": train})
+    module.eval()
+    return module
+
+
+def test_loss_ignores_padding_and_smoothing_is_optional(tiny_model_cfg):
+    module = _module(tiny_model_cfg)
+    images = torch.randn(2, 3, 32, 96)
+    labels = ["ab", "abcde"]
+    with torch.no_grad():
+        loss, parts = module.compute_loss(images, labels)
+        targets = module.tokenizer.encode(labels)[:, :7]
+        logits = module.model(images, targets[:, :-1])
+        mask = targets[:, 1:] != module.tokenizer.pad_id
+        manual = torch.nn.functional.cross_entropy(logits[mask], targets[:, 1:][mask])
+        smoothed, _ = _module(tiny_model_cfg, label_smoothing=0.1).compute_loss(images, labels)
+    assert mask.sum() == 3 + 6  # chars + EOS of each label, PAD excluded
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    assert set(parts) == {"ce"}
+    assert smoothed.item() != pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_aux_ctc_adds_a_term_and_stays_out_of_the_model(tiny_model_cfg):
+    plain = _module(tiny_model_cfg)
+    joint = _module(tiny_model_cfg, aux_ctc_weight=0.5)
+    images = torch.randn(2, 3, 32, 96)
+    with torch.no_grad():
+        ce, _ = plain.compute_loss(images, ["ab", "cd"])
+        total, parts = joint.compute_loss(images, ["ab", "cd"])
+    assert parts["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert parts["ctc"].item() > 0
+    assert total.item() == pytest.approx(ce.item() + 0.5 * parts["ctc"].item(), rel=1e-5)
+    assert not any(k.startswith("aux_ctc") for k in joint.model.state_dict())  # not in distribution weights
+    assert any(k.startswith("aux_ctc") for k in joint.state_dict())
+
+
+def test_charset_protocol_and_sample_sheet():
+    assert charset_protocol("0123456789abcdefghijklmnopqrstuvwxyz") == "36"
+    assert charset_protocol("abc") == "94" and charset_protocol("日本") == "raw"
+    sheet = sample_sheet(torch.zeros(2, 3, 32, 96), ["ab", "c"], ["ab", "d"])
+    assert sheet.dtype.name == "uint8" and sheet.shape[2] == 3 and sheet.shape[0] > 64 and sheet.shape[1] >= 96
+
+
+# ---- atomic checkpoints --------------------------------------------------------------------------------
+
+def test_atomic_checkpoint_write_never_leaves_a_broken_file(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    with pytest.raises(Exception):
+        io.save_checkpoint({"step": 2, "bad": lambda: None}, path)  # fails mid-write (unpicklable)
+    assert torch.load(path, weights_only=True)["step"] == 1  # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # normal permissions, not mkstemp's 0600
+
+
+# ---- end to end --------------------------------------------------------------------------------------------
+
+def test_cli_rejects_unknown_train_keys(tmp_path, capsys, words_dir):
+    cfg = tiny_config(tmp_path, words_dir)
+    assert cli_main(["train", "--config", str(cfg), "train.learning_rate=1", "--output", str(tmp_path / "r")]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_overfits_tiny_set_to_full_accuracy(tmp_path, words_dir, capsys):
+    """master-tiny on 6 rendered words, CPU: 100% training-set accuracy proves the loop end to end."""
+    cfg = tiny_config(tmp_path, words_dir, max_steps=40)
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", str(cfg), "--output", str(out), "--quiet"]) == 0
+    summary = summary_of(capsys.readouterr().out)
+    assert summary["global_step"] == 40 and summary["best_score"] == 100.0
+
+    # Weights for distribution: read back and decode the training images again.
+    model, model_cfg = load_model(out / "weights" / "final.safetensors")
+    from masterocr.data.datasets import build_dataset
+    from masterocr.data.image import ImageTransform
+    from masterocr.decoding import decode
+
+    data = build_dataset(words_dir, ImageTransform(32, 96))
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    texts = [d.text for d in decode(model, images).decoded(model.tokenizer)]
+    assert texts == [data[i][1] for i in range(len(data))]
+
+    # The resolved config is in the run folder and in the checkpoint, which loads weights-only.
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["masterocr_config"]["train"]["max_steps"] == 40
+    assert ckpt["masterocr_config"]["model"]["charset"] == "36"
+    assert "max_steps: 40" in (out / "config.yaml").read_text()
+    assert ckpt["global_step"] == 40
+    best_model, _ = load_model(out / "checkpoints" / "best.ckpt")
+    assert (out / "csv" / "metrics.csv").read_text().count("\n") > 10
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _final_state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_sigkill_then_resume_continues_exactly(tmp_path, words_dir):
+    """Kill a run with SIGKILL after its first checkpoint; --resume reaches the same step count and the very
+    same weights as an uninterrupted run (optimizer, schedule, RNG and data position all restored)."""
+    steps = 12
+    # 6 words in batches of 2: 3 batches per epoch, so the first checkpoint (step 2) is mid-epoch.
+    cfg = tiny_config(tmp_path, words_dir, max_steps=steps, checkpoint_every_steps=2, batch_size=2,
+                      val_every_steps=6)
+    # Augmentation and dropout on: the resumed run must also reproduce the random streams.
+    text = json.loads(cfg.read_text())
+    text["data"]["augment"] = "light"
+    cfg.write_text(json.dumps(text))
+
+    reference = tmp_path / "uninterrupted"
+    done = run_cli(["--config", cfg, "--output", reference, "--quiet"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "masterocr.cli.main", "train", "--config", str(cfg),
+                             "--output", str(killed), "--quiet"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    step_at_kill = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < step_at_kill < steps
+
+    resumed = run_cli(["--resume", last], timeout=300)  # run folder and config come from the checkpoint
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert summary_of(resumed.stdout)["global_step"] == steps
+
+    assert f"resumed at step {step_at_kill} " in resumed.stderr  # continued from the checkpoint, not step 0
+
+    a, b = _final_state(reference), _final_state(killed)
+    assert a["global_step"] == b["global_step"] == steps
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, words_dir):
+    """2-process DDP on CPU (gloo), launched by Lightning from one command, for a few steps."""
+    cfg = tiny_config(tmp_path, words_dir, max_steps=3, batch_size=2, checkpoint_every_steps=3,
+                      val_every_steps=3)
+    out = tmp_path / "ddp"
+    done = run_cli(["--config", cfg, "--output", out, "train.devices=2", "train.strategy=ddp", "--quiet"],
+                   timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = summary_of(done.stdout)
+    assert summary["world_size"] == 2 and summary["global_step"] == 3
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert summary["best_score"] is not None  # validation ran, metrics reduced over both ranks
