@@ -59,7 +59,7 @@ class DecodeResult:
         return out
 
 
-def _finish(model: nn.Module, images: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor,
+def _finish(model: nn.Module, feature_size: tuple[int, int], ids: torch.Tensor, probs: torch.Tensor,
             attn: torch.Tensor | None) -> DecodeResult:
     """Blank everything after each sequence's first EOS; reshape attention to the feature map."""
     tok = model.tokenizer
@@ -71,8 +71,7 @@ def _finish(model: nn.Module, images: torch.Tensor, ids: torch.Tensor, probs: to
     probs = probs.masked_fill(after.unsqueeze(2), 0.0)
     attention = None
     if attn is not None:
-        hf, wf = model.feature_size(images.shape[-2], images.shape[-1])
-        attention = attn.float().masked_fill(after.unsqueeze(2), 0.0).reshape(*ids.shape, hf, wf)
+        attention = attn.float().masked_fill(after.unsqueeze(2), 0.0).reshape(*ids.shape, *feature_size)
     return DecodeResult(ids, probs, attention, scores)
 
 
@@ -168,10 +167,27 @@ def _beam(model, memory, steps, width, need_weights):
     return ids.index_select(0, best), probs.index_select(0, best), attn_best
 
 
+def decode_memory(model: nn.Module, memory: torch.Tensor, feature_size: tuple[int, int],
+                  method: str = "greedy", beam_width: int = 5, use_cache: bool = True, max_steps: int | None = None,
+                  need_attention: bool = True) -> DecodeResult:
+    """The decoding half of `decode`, from an encoded memory (B, N, D) whose feature map is `feature_size`
+    (Hf, Wf). Call it in eval mode under torch.no_grad(); `decode` does both."""
+    if method not in METHODS:
+        raise ValueError(f"decoding method {method!r}: choose one of {METHODS}")
+    steps = model.max_steps if max_steps is None else int(max_steps)
+    if method == "beam":
+        ids, probs, attn = _beam(model, memory, steps, int(beam_width), need_attention)
+    elif use_cache:
+        ids, probs, attn = _greedy_cached(model, memory, steps, need_attention)
+    else:
+        ids, probs, attn = _greedy_full(model, memory, steps, need_attention)
+    return _finish(model, feature_size, ids, probs, attn)
+
+
 def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_width: int = 5,
            use_cache: bool = True, max_steps: int | None = None, need_attention: bool = True) -> DecodeResult:
     """Read a batch: images (B, C, H, W) -> DecodeResult (see its fields; texts via tokenizer.decode(probs)
-    or result.decoded(tokenizer)). Runs in eval mode under inference_mode; wrap in torch.autocast for bf16.
+    or result.decoded(tokenizer)). Runs in eval mode without autograd; wrap in torch.autocast for bf16.
 
     method: "greedy" or "beam" (width `beam_width`, always cached). use_cache=False: full-recompute greedy.
     max_steps: at most this many tokens (default: the model's max label length + EOS).
@@ -180,18 +196,15 @@ def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_
         raise ValueError(f"decoding method {method!r}: choose one of {METHODS}")
     if images.dim() != 4 or images.shape[1] != model.in_channels:
         raise ValueError(f"images must be (B, {model.in_channels}, H, W), got {tuple(images.shape)}")
-    steps = model.max_steps if max_steps is None else int(max_steps)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        # no_grad rather than inference_mode: under torch.autocast, inference mode disables the cache of
+        # weights cast to bf16, so every decode step would cast every decoder weight again.
+        with torch.no_grad():
             memory = model.encode(images)
-            if method == "beam":
-                ids, probs, attn = _beam(model, memory, steps, int(beam_width), need_attention)
-            elif use_cache:
-                ids, probs, attn = _greedy_cached(model, memory, steps, need_attention)
-            else:
-                ids, probs, attn = _greedy_full(model, memory, steps, need_attention)
-            return _finish(model, images, ids, probs, attn)
+            feature_size = model.feature_size(images.shape[-2], images.shape[-1])
+            return decode_memory(model, memory, feature_size, method, beam_width, use_cache, max_steps,
+                                 need_attention)
     finally:
         model.train(was_training)

@@ -178,3 +178,19 @@ def test_master_tiny_overfits_64_words():
     texts = [d.text for d in model.tokenizer.decode(result.probs)]
     wrong = [(w, t) for w, t in zip(words, texts) if w != t]
     assert not wrong, f"{len(wrong)} of 64 words misread after {steps} steps (loss {loss.item():.4f}): {wrong[:5]}"
+
+
+def test_info_command(capsys):
+    from masterocr.cli.main import main
+
+    assert main(["info", "master-tiny", "--img-size", "32", "100", "--json"]) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    model = build("master-tiny")
+    assert summary["parameters"] == count(model)
+    assert sum(summary["parameters_per_part"].values()) == count(model)
+    assert set(summary["parameters_per_part"]) == {"backbone", "GC blocks", "decoder", "head"}
+    assert summary["memory"] == {"feature_map": [4, 25], "tokens": 100}
+    assert summary["charset_size"] == 94 and summary["gflops_per_image"]["encoder"] > 0
+    assert main(["info", "no-such-model"]) == 2

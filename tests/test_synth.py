@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from masterocr.charset import load_charset
 from masterocr.data.image import ImageTransform
@@ -23,13 +24,19 @@ DEJAVU = sorted(p for p in default_font_paths() if os.path.basename(p).startswit
 needs_dejavu = pytest.mark.skipif(not DEJAVU, reason="DejaVu fonts (fonts-dejavu-core) are not installed")
 
 
-@pytest.fixture(autouse=True)
-def _font_cache(tmp_path_factory, monkeypatch):
-    """Font-check results go to a cache private to this test session."""
-    monkeypatch.setenv("MASTEROCR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="module")
+def _font_cache(tmp_path_factory):
+    """Font-check results go to a cache private to these tests, not to ~/.cache."""
+    before = os.environ.get("MASTEROCR_CACHE")
+    os.environ["MASTEROCR_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("MASTEROCR_CACHE", None)
+    else:
+        os.environ["MASTEROCR_CACHE"] = before
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dejavu_dir(tmp_path_factory):
     """A folder holding only the DejaVu fonts (symlinks), as on a machine with nothing else installed."""
     if not DEJAVU:
@@ -40,9 +47,9 @@ def dejavu_dir(tmp_path_factory):
     return str(folder)
 
 
-@pytest.fixture(scope="session")
-def dejavu_fonts94(dejavu_dir):
-    """The DejaVu FontSet for charset 94 with the default weights, checked once for the session."""
+@pytest.fixture(scope="module")
+def dejavu_fonts94(_font_cache, dejavu_dir):
+    """The DejaVu FontSet for charset 94 with the default weights, checked once for the module."""
     return build_fonts("94", [dejavu_dir])
 
 
@@ -81,6 +88,21 @@ def test_sample_is_a_pure_function_of_seed_and_index(dejavu_dir, dejavu_fonts94)
     image, label = ds.render(7)
     assert label == first[1]
     assert np.array_equal(np.asarray(image), np.asarray(fresh.render(7)[0]))
+
+
+@needs_dejavu
+def test_samples_do_not_depend_on_render_order(dejavu_dir):
+    """Caches (glyphs, kerning, fonts) must never leak one sample's state into another: render the same
+    indices forwards with one renderer and backwards with another, with the per-glyph effects made common."""
+    config = ["effects.size_jitter.p=0.5", "effects.kerning.p=0.7", "effects.curve.p=0.3"]
+    forwards = Renderer("94", config=config, fonts=[dejavu_dir])
+    backwards = Renderer("94", config=config, fonts=build_fonts("94", [dejavu_dir], config))
+    indices = list(range(40))
+    a = {i: forwards.render(sample_rng(8, i)) for i in indices}
+    b = {i: backwards.render(sample_rng(8, i)) for i in reversed(indices)}
+    for i in indices:
+        assert a[i][1] == b[i][1]
+        assert np.array_equal(np.asarray(a[i][0]), np.asarray(b[i][0])), i
 
 
 @needs_dejavu
@@ -172,8 +194,13 @@ def test_engine_works_with_dejavu_only(dejavu_dir):
 
 
 def test_no_usable_font_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no font"):
+    with pytest.raises(ValueError, match="no font files"):
         Renderer("94", fonts=[str(tmp_path)])
+    with pytest.raises(ValueError, match="no such file"):
+        Renderer("94", fonts=[str(tmp_path / "missing")])
+    if DEJAVU:  # DejaVu draws no Chinese: no font qualifies for a Chinese charset
+        with pytest.raises(ValueError, match="draws at least"):
+            Renderer("中文字体测试", fonts=DEJAVU[:2])
 
 
 # ---- effects and config -----------------------------------------------------------------------------------
@@ -181,7 +208,7 @@ def test_no_usable_font_is_a_clear_error(tmp_path):
 @needs_dejavu
 @pytest.mark.parametrize("height", [32, 48])
 def test_every_effect_at_probability_one(height, dejavu_fonts94):
-    everything = [f"effects.{name}.p=1" for name in EFFECT_NAMES]
+    everything = [f"effects.{name}.p=1" for name in EFFECT_NAMES] + ["max_degradations=99"]
     renderer = Renderer("94", height=height, config=everything, fonts=dejavu_fonts94)
     for i in range(15):
         image, label = renderer.render(sample_rng(9, i))
@@ -221,6 +248,9 @@ def test_config_overrides_and_errors(tmp_path):
     path.write_text("effects:\n  jpeg:\n    p: 0.0\ncrop:\n  max_aspect: 10\n")
     cfg = build_config([str(path)])
     assert cfg.effects.jpeg.p == 0.0 and cfg.crop.max_aspect == 10
+    recipe = OmegaConf.create({"config": {"effects": {"curve": {"p": 0.5}}}, "fonts": ["/x"]})
+    assert build_config(recipe.config).effects.curve.p == 0.5  # as a training YAML hands it over
+    assert build_config(OmegaConf.create(["effects.noise.p=0"])).effects.noise.p == 0
     with pytest.raises(ValueError, match="nosuch"):
         build_config(["effects.nosuch.p=1"])
     with pytest.raises(ValueError, match="blur.p"):

@@ -127,6 +127,37 @@ def test_shard_sampler_pads_but_marks_padding():
         assert kept == list(range(n))
 
 
+def _mixed_data(tmp: Path, words_dir: Path, **data) -> "RecognitionData":
+    from masterocr.charset import AttentionTokenizer
+    from masterocr.data.datasets import write_lmdb
+    from masterocr.training.data import RecognitionData
+
+    lmdb_dir = tmp / "lmdb"
+    if not lmdb_dir.exists():
+        write_lmdb(lmdb_dir, [((words_dir / "images" / f"{i}.png").read_bytes(), w) for i, w in enumerate(WORDS)])
+    cfg = {"data": {"train": [{"path": str(lmdb_dir), "weight": 1}, {"path": str(words_dir), "weight": 1},
+                              {"synthetic": {"length": 50, "seed": 1}, "weight": 2}],
+                    "epoch_size": 40, "augment": "light", "num_workers": 0, **data},
+           "train": {"batch_size": 8, "seed": 5}}
+    return RecognitionData(cfg, AttentionTokenizer("36", 8), (32, 96))
+
+
+def test_data_module_mixes_lmdb_folder_and_synthetic_by_ratio(tmp_path, words_dir):
+    data = _mixed_data(tmp_path, words_dir)
+    data.setup("fit")
+    batches = list(data.train_dataloader())
+    names = [n for _, _, batch_names in batches for n in batch_names]
+    assert len(batches) == 5 and all(images.shape == (8, 3, 32, 96) for images, _, _ in batches)
+    counts = {"lmdb": sum(":" in n and "lmdb" in n for n in names),
+              "folder": sum(n.endswith(".png") for n in names), "synth": sum(n.startswith("synth:") for n in names)}
+    assert counts == {"lmdb": 10, "folder": 10, "synth": 20}
+    # Deterministic per seed, augmentation included, whatever the number of loader workers.
+    again = _mixed_data(tmp_path, words_dir, num_workers=1)
+    again.setup("fit")
+    for (a, la, na), (b, lb, nb) in zip(batches, again.train_dataloader()):
+        assert na == nb and la == lb and torch.equal(a, b)
+
+
 def test_sample_seeds_differ():
     seeds = {sample_seed(s, e, p) for s in range(3) for e in range(3) for p in range(200)}
     assert len(seeds) == 3 * 3 * 200
@@ -250,12 +281,25 @@ def test_cli_rejects_unknown_train_keys(tmp_path, capsys, words_dir):
     assert "learning_rate" in capsys.readouterr().err
 
 
-def test_overfits_tiny_set_to_full_accuracy(tmp_path, words_dir, capsys):
-    """master-tiny on 6 rendered words, CPU: 100% training-set accuracy proves the loop end to end."""
-    cfg = tiny_config(tmp_path, words_dir, max_steps=40)
-    out = tmp_path / "run"
-    assert cli_main(["train", "--config", str(cfg), "--output", str(out), "--quiet"]) == 0
-    summary = summary_of(capsys.readouterr().out)
+@pytest.fixture(scope="module")
+def overfit_run(tmp_path_factory, words_dir):
+    """master-tiny trained on 6 rendered words on CPU (in-process `masterocr train`): (run folder, summary)."""
+    tmp = tmp_path_factory.mktemp("overfit")
+    cfg = tiny_config(tmp, words_dir, max_steps=40)
+    out = tmp / "run"
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli_main(["train", "--config", str(cfg), "--output", str(out), "--quiet"])
+    assert code == 0
+    return out, summary_of(stdout.getvalue())
+
+
+def test_overfits_tiny_set_to_full_accuracy(overfit_run, words_dir):
+    """100% training-set accuracy proves the loop end to end."""
+    out, summary = overfit_run
     assert summary["global_step"] == 40 and summary["best_score"] == 100.0
 
     # Weights for distribution: read back and decode the training images again.
@@ -278,6 +322,34 @@ def test_overfits_tiny_set_to_full_accuracy(tmp_path, words_dir, capsys):
     best_model, _ = load_model(out / "checkpoints" / "best.ckpt")
     assert (out / "csv" / "metrics.csv").read_text().count("\n") > 10
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_finetune_new_charset_with_ema_aux_ctc_and_accumulation(overfit_run, words_dir, tmp_path, capsys):
+    """--finetune from the overfit weights into a charset with new characters; EMA, auxiliary CTC and
+    gradient accumulation on. The aux head never reaches the exported weights; EMA weights are exported."""
+    out, _ = overfit_run
+    cfg = tiny_config(tmp_path, words_dir, max_steps=2, accumulate_grad_batches=2, batch_size=3, ema=True,
+                      ema_decay=0.5, aux_ctc_weight=0.3, val_every_steps=2)
+    run = tmp_path / "ft"
+    code = cli_main(["train", "--config", str(cfg), "--output", str(run), "--finetune",
+                     str(out / "weights" / "final.safetensors"), "model.charset=abcdefghijklmnopqrstuvwxyz!?",
+                     "--quiet"])
+    assert code == 0
+    summary = summary_of(capsys.readouterr().out)
+    assert summary["global_step"] == 2
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["masterocr_config"]["train"]["init_weights"].endswith("final.safetensors")
+    assert any(k.startswith("aux_ctc.") for k in ckpt["state_dict"])
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 4  # 2 steps x 2 batches
+    model, model_cfg = load_model(run / "weights" / "final.safetensors")  # strict load: no aux head inside
+    assert model_cfg["charset"] == "abcdefghijklmnopqrstuvwxyz!?"
+    ema = ckpt["masterocr_ema_state_dict"]
+    assert torch.equal(model.head.bias, ema["head.bias"])
+    assert not torch.equal(ema["head.bias"], ckpt["state_dict"]["model.head.bias"])
+    # Shared characters start from the source rows: 'a' moved from id 11 (charset 36) to id 1.
+    source, _ = load_model(out / "weights" / "final.safetensors")
+    init = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # after 2 small steps: close to init
+    assert torch.allclose(init["state_dict"]["model.embed.weight"][1], source.embed.weight[11], atol=0.05)
 
 
 def _final_state(run: Path) -> dict:

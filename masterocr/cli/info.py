@@ -49,7 +49,11 @@ def load_any(spec: str):
     except ImportError:
         raise ValueError(f"{spec!r} is not a config name or YAML file, and reading weights needs "
                          f"masterocr.weights") from None
-    model, model_cfg = weights.load_model(spec)
+    try:
+        model, model_cfg = weights.load_model(spec)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{spec!r} is neither a config (names: {config_names()}), a YAML file, "
+                                f"bundled weights ({weights.bundled_names() or 'none'}) nor a weights file") from None
     return model, model_cfg, f"weights {spec}"
 
 
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"{summary['name']}  ({source})")
+    print(f"{args.model}: model {summary['name']!r}, {source}")
     print(f"  input            {model.in_channels} x {height} x {width}")
     if memory:
         print(f"  memory           {fh} x {fw} = {fh * fw} tokens")

@@ -9,7 +9,7 @@ import sys
 
 EPILOG = """examples:
   masterocr train --config master-tiny data.train='[{path: data/train}]' data.val='[{name: val, path: data/val}]'
-  masterocr train --config masterocr/configs/finetune-real.yaml --finetune master
+  masterocr train --config finetune-real --finetune runs/master-synth/weights/best.safetensors
   masterocr train --resume runs/finetune-real/checkpoints/last.ckpt
   torchrun --nnodes 2 --nproc-per-node 4 ... -m masterocr.cli.main train --config train-synth-lmdb \\
       train.devices=4 train.num_nodes=2
@@ -30,7 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--resume", metavar="CKPT",
                    help="continue a run exactly (step, optimiser, schedule, RNG, data position) from a checkpoint")
     p.add_argument("--finetune", metavar="WEIGHTS",
-                   help="start from these weights only (bundled name, .safetensors or .ckpt); the charset may differ")
+                   help="start a new run from these weights only (bundled name, .safetensors or .ckpt): the model "
+                        "takes their architecture and the config's charset, which may differ (shared characters "
+                        "keep their rows, new ones start fresh)")
     p.add_argument("--output", metavar="DIR", help="run folder (default runs/<config name>, or the resumed run's)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only")
     p.set_defaults(func=run)

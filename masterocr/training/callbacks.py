@@ -143,7 +143,8 @@ class RunCheckpoints(Callback):
             trainer.save_checkpoint(self.best_path, weights_only=False)
             if self._last_saved_step == trainer.global_step:  # last.ckpt of this step predates the new best
                 trainer.save_checkpoint(self.last_path, weights_only=False)
-            logger.info("step %d: %s %.2f, new best -> %s", trainer.global_step, self.monitor, value, self.best_path)
+            if trainer.is_global_zero:
+                logger.info("step %d: %s %.2f, new best -> %s", trainer.global_step, self.monitor, value, self.best_path)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trainer.save_checkpoint(self.last_path, weights_only=False)  # final state, validations included

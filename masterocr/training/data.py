@@ -289,6 +289,10 @@ class RecognitionData(LightningDataModule):
                               grayscale=self.grayscale, augment=augment)
 
     def _open_source(self, source: Mapping[str, Any], transform: ImageTransform, train: bool) -> tuple[str, Dataset]:
+        unknown = sorted(set(source) - {"path", "weight", "synthetic", "name"})
+        if unknown:
+            raise ValueError(f"data source {dict(source)!r}: unknown key(s) {unknown}; use path or synthetic, "
+                             "weight (training) and name (validation)")
         if "synthetic" in source:
             from masterocr.data.synth import SyntheticDataset  # the renderer is optional until it is used
 

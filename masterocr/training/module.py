@@ -155,11 +155,12 @@ class RecognitionModule(LightningModule):
             threads = self.train_cfg.get("num_threads", "auto")
             threads = cpu_threads(workers, self.trainer.num_devices) if threads in (None, "auto") else int(threads)
             torch.set_num_threads(threads)
-            logger.info("CPU: %d compute thread(s) per process, %d loader worker(s)", threads, workers)
+            if self.global_rank == 0:
+                logger.info("CPU: %d compute thread(s) per process, %d loader worker(s)", threads, workers)
+        if self.channels_last:  # before the strategy wraps the model in DDP, whose buckets follow param strides
+            self.model.to(memory_format=torch.channels_last)
 
     def on_fit_start(self) -> None:
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         if self.ema is not None:
             self.ema.shadow = {k: v.to(self.device) for k, v in self.ema.shadow.items()}
 
@@ -226,7 +227,8 @@ class RecognitionModule(LightningModule):
         if self._pending_rng is not None:  # resumed: continue the random streams where the checkpoint left them
             set_rng_state(self._pending_rng)
             self._pending_rng = None
-            logger.info("resumed at step %d (epoch %d)", self.global_step, self.current_epoch)
+            if self.global_rank == 0:
+                logger.info("resumed at step %d (epoch %d)", self.global_step, self.current_epoch)
 
     # ---- optimisation --------------------------------------------------------------------------------------
 
@@ -245,10 +247,11 @@ class RecognitionModule(LightningModule):
         warmup_steps = int(warmup * total) if isinstance(warmup, float) and warmup < 1 else int(warmup)
         scheduler = build_scheduler(optimizer, str(t.get("schedule", "onecycle")), total, warmup_steps,
                                     float(t.get("min_lr_ratio", 0.01)))
-        logger.info("optimiser %s: peak lr %.3g (train.lr %.3g at batch %s, global batch %d, %s scaling), "
-                    "%s schedule over %d steps, %d warm-up", t.get("optimizer", "adamw"), lr, float(t.get("lr", 4e-4)),
-                    t.get("lr_reference_batch", 512), self.global_batch(), t.get("lr_scaling", "sqrt"),
-                    t.get("schedule", "onecycle"), total, warmup_steps)
+        if self.global_rank == 0:
+            logger.info("optimiser %s: peak lr %.3g (train.lr %.3g at batch %s, global batch %d, %s scaling), "
+                        "%s schedule over %d steps, %d warm-up", t.get("optimizer", "adamw"), lr,
+                        float(t.get("lr", 4e-4)), t.get("lr_reference_batch", 512), self.global_batch(),
+                        t.get("lr_scaling", "sqrt"), t.get("schedule", "onecycle"), total, warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- validation ----------------------------------------------------------------------------------------
@@ -295,6 +298,7 @@ class RecognitionModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # (sets, protocols, [samples, correct, ned_sum]) summed over ranks: exact metrics on any world size.
+        # Every rank then logs the same values (sync_dist averages identical numbers; it keeps Lightning quiet).
         sums = torch.tensor([[[m.num_samples, m.correct, m.ned_sum] for m in row] for row in self._val_metrics],
                             dtype=torch.float64, device=self.device)
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
@@ -305,15 +309,15 @@ class RecognitionModule(LightningModule):
                 n, correct, ned = sums[i, p].tolist()
                 suffix = "" if protocol == "36" else f"_{protocol}"
                 if n:
-                    self.log(f"val/{name}/acc{suffix}", 100.0 * correct / n, sync_dist=False)
-                    self.log(f"val/{name}/ned{suffix}", 100.0 * (1.0 - ned / n), sync_dist=False)
+                    self.log(f"val/{name}/acc{suffix}", 100.0 * correct / n, sync_dist=True)
+                    self.log(f"val/{name}/ned{suffix}", 100.0 * (1.0 - ned / n), sync_dist=True)
         total = sums.sum(0)  # (protocols, 3)
         for p, protocol in enumerate(self.protocols):
             n, correct, ned = total[p].tolist()
             suffix = "" if protocol == "36" else f"_{protocol}"
             acc = 100.0 * correct / n if n else 0.0
-            self.log(f"val/acc{suffix}", acc, prog_bar=protocol == "36", sync_dist=False)
-            self.log(f"val/ned{suffix}", 100.0 * (1.0 - ned / n) if n else 0.0, sync_dist=False)
+            self.log(f"val/acc{suffix}", acc, prog_bar=protocol == "36", sync_dist=True)
+            self.log(f"val/ned{suffix}", 100.0 * (1.0 - ned / n) if n else 0.0, sync_dist=True)
         if self.global_rank == 0 and not self.trainer.sanity_checking:
             self._log_samples()
         if self._ema_backup is not None:

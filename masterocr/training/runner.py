@@ -19,13 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from masterocr.config import load_config, to_dict
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "strategy": "auto",               # auto | ddp | ...
     "precision": "auto",              # auto: bf16-mixed on CPU and bf16 GPUs, 16-mixed on older GPUs; or 32-true
     "num_threads": "auto",            # CPU compute threads per process
-    "channels_last": "auto",          # auto: on (faster convolutions with bf16 on CPU and GPU)
+    "channels_last": "auto",          # auto: on with mixed precision (faster convolutions on CPU and GPU)
     "val_every_steps": 1000,
     "checkpoint_every_steps": 1000,
     "log_every_steps": 50,
@@ -170,7 +174,9 @@ def resolve_devices(t: Mapping[str, Any]) -> dict[str, Any]:
     if precision == "auto":
         precision = "bf16-mixed" if (not use_gpu or torch.cuda.is_bf16_supported()) else "16-mixed"
     channels_last = t["channels_last"]
-    channels_last = True if channels_last == "auto" else bool(channels_last)
+    # auto: on with mixed precision, where oneDNN/cuDNN convolutions are fastest in NHWC (measured in
+    # benchmarks/train_throughput.py); fp32 keeps the default layout.
+    channels_last = ("mixed" in precision) if channels_last == "auto" else bool(channels_last)
     devices = t["devices"]
     if devices == "auto" and not use_gpu:
         devices = 1  # Lightning's "auto" on CPU is 1 process; ask for more explicitly (DDP on gloo)
@@ -181,13 +187,46 @@ def resolve_devices(t: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- the run -----------------------------------------------------------------------------------------------
 
-def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
-    """Train per `cfg` into `output`; returns a summary (steps, best score, files)."""
+def build_trainer(t: Mapping[str, Any], dev: Mapping[str, Any], output: str | os.PathLike, has_val: bool,
+                  callbacks: list) -> "pl.Trainer":
+    """The Lightning Trainer for `train:` settings `t` and resolved devices `dev` (also used by the benchmark)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from masterocr.training.callbacks import AtomicCheckpointIO, ProgressBar, ThroughputMonitor
+
+    accumulate = int(t["accumulate_grad_batches"])
+    refresh = t["progress_refresh"]
+    refresh = (1 if sys.stderr.isatty() else 50) if refresh == "auto" else int(refresh)
+    max_steps = int(t["max_steps"]) if t["max_steps"] else -1
+    if max_steps < 0 and not t["max_epochs"]:
+        raise ValueError("set train.max_steps or train.max_epochs")
+    return pl.Trainer(
+        accelerator=dev["accelerator"], devices=dev["devices"], num_nodes=dev["num_nodes"], strategy=dev["strategy"],
+        precision=dev["precision"], max_steps=max_steps, max_epochs=int(t["max_epochs"]) if t["max_epochs"] else -1,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=float(t["gradient_clip"]) if t["gradient_clip"] else None, gradient_clip_algorithm="norm",
+        val_check_interval=int(t["val_every_steps"]) * accumulate if has_val else None,
+        check_val_every_n_epoch=None if has_val else 1, limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=int(t["num_sanity_val_steps"]) if has_val else 0,
+        log_every_n_steps=int(t["log_every_steps"]),
+        callbacks=list(callbacks) + [ThroughputMonitor()] + ([ProgressBar(refresh_rate=refresh)] if refresh > 0 else []),
+        enable_progress_bar=refresh > 0,
+        logger=[TensorBoardLogger(output, name="tensorboard", version=""), CSVLogger(output, name="csv", version="")],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # RecognitionData shards by rank itself
+        default_root_dir=output, deterministic=bool(t["deterministic"]), benchmark=dev["accelerator"] == "gpu",
+        enable_checkpointing=False,  # RunCheckpoints writes last/best
+        enable_model_summary=bool(t.get("model_summary", True)),
+    )
+
+
+def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
+    """Train per `cfg` into `output`; returns a summary (steps, best score, files)."""
+    import lightning.pytorch as pl
+
     from masterocr.models import build_model
-    from masterocr.training.callbacks import AtomicCheckpointIO, ProgressBar, RunCheckpoints, ThroughputMonitor
+    from masterocr.training.callbacks import RunCheckpoints
     from masterocr.training.data import RecognitionData
     from masterocr.training.module import VAL_METRIC, RecognitionModule, describe_parameters
     from masterocr.weights import load_for_finetune, save_weights
@@ -203,6 +242,9 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None)
     t = cfg.train
     config = to_dict(cfg)
 
+    # With channels_last, the 1x1 GC-fusion convolutions on (B, C, 1, 1) maps get gradients whose strides differ
+    # from their weights' only in size-1 dimensions (the same memory layout); DDP warns about it each step.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     pl.seed_everything(int(t.seed), workers=False, verbose=False)  # data randomness is seeded per sample
     if dev["accelerator"] == "gpu":
         torch.set_float32_matmul_precision("high")
@@ -217,30 +259,8 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None)
     logger.info("model %s: %s", cfg.model.name, describe_parameters(model))
 
     has_val = bool(data.val_sets)
-    accumulate = int(t.accumulate_grad_batches)
     checkpoints = RunCheckpoints(ckpt_dir, int(t.checkpoint_every_steps), VAL_METRIC if has_val else None)
-    refresh = t.progress_refresh
-    refresh = (1 if sys.stderr.isatty() else 50) if refresh == "auto" else int(refresh)
-    max_steps = int(t.max_steps) if t.max_steps else -1
-    if max_steps < 0 and not t.max_epochs:
-        raise ValueError("set train.max_steps or train.max_epochs")
-    trainer = pl.Trainer(
-        accelerator=dev["accelerator"], devices=dev["devices"], num_nodes=dev["num_nodes"], strategy=dev["strategy"],
-        precision=dev["precision"], max_steps=max_steps, max_epochs=int(t.max_epochs) if t.max_epochs else -1,
-        accumulate_grad_batches=accumulate,
-        gradient_clip_val=float(t.gradient_clip) if t.gradient_clip else None, gradient_clip_algorithm="norm",
-        val_check_interval=int(t.val_every_steps) * accumulate if has_val else None,
-        check_val_every_n_epoch=None if has_val else 1, limit_val_batches=None if has_val else 0,
-        num_sanity_val_steps=int(t.num_sanity_val_steps) if has_val else 0,
-        log_every_n_steps=int(t.log_every_steps),
-        callbacks=[checkpoints, ThroughputMonitor()] + ([ProgressBar(refresh_rate=refresh)] if refresh > 0 else []),
-        enable_progress_bar=refresh > 0,
-        logger=[TensorBoardLogger(output, name="tensorboard", version=""), CSVLogger(output, name="csv", version="")],
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # RecognitionData shards by rank itself
-        default_root_dir=output, deterministic=bool(t.deterministic), benchmark=dev["accelerator"] == "gpu",
-        enable_checkpointing=False,  # RunCheckpoints writes last/best
-    )
+    trainer = build_trainer(t, dev, output, has_val, [checkpoints])
     if trainer.is_global_zero:
         output.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(config), output / "config.yaml")

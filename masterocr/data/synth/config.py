@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -45,6 +45,9 @@ class TextConfig:
     random_max_length: int = 10
     # Probability that a word gets a punctuation mark glued to it (when the charset has one): "SALE!", "(24)".
     punctuation_p: float = 0.08
+    # Dictionary words longer than this are kept with probability exp(-(length - this) / 4): sign words are
+    # short, dictionaries are full of long rare ones. 0 disables.
+    long_word_length: int = 8
 
 
 @dataclass
@@ -54,18 +57,25 @@ class FontConfig:
     # A font is kept when it renders at least this fraction of the characters to render (text is then always
     # drawn with a font that renders every one of its characters).
     min_coverage: float = 0.3
-    # Sampling weight of a collection (a font's parent folder name, e.g. "aenigma"); default 1. A collection's
-    # weight is shared by its fonts, so 400 display faces do not drown 20 text faces.
+    # Sampling weight of a collection (the font's folder below fonts/truetype, fonts/opentype, ..., e.g.
+    # "aenigma", "dejavu"); default 1. A collection's weight is shared by its fonts, so 400 display faces
+    # do not drown 20 text faces.
     group_weights: dict[str, float] = field(default_factory=lambda: {"aenigma": 0.8})
-    # Weight multiplier of hairline/thin/light faces (by file name): they vanish under blur at 32 pixels.
-    light_weight: float = 0.3
+    # Weight multipliers by file name (regular expression, case-insensitive -> factor; every match applies):
+    # signs are mostly upright and heavy; hairline faces vanish under blur at 32 pixels.
+    name_weights: dict[str, float] = field(default_factory=lambda: {
+        "italic|oblique|slanted": 0.4, "thin|hairline|light": 0.3, "bold|black|heavy|extrabold": 1.6})
+    # Fonts never used: file names containing any of these (case-insensitive). The defaults are decorative
+    # faces of fonts-aenigma that pass the automatic check but whose letters hide in swirls, skulls or blocks.
+    exclude: list[str] = field(default_factory=lambda: [
+        "loopy.", "skullcap.", "tetri.", "claw1.", "claw2.", "blox2.", "lynx."])
 
 
 @dataclass
 class BackgroundConfig:
     # Relative weights of the background kinds; "image" counts only when image files are found.
     weights: dict[str, float] = field(default_factory=lambda: {
-        "solid": 0.22, "gradient": 0.2, "texture": 0.38, "image": 0.2})
+        "solid": 0.3, "gradient": 0.25, "texture": 0.3, "image": 0.15})
     # Folders of natural images or photographed textures (crops of them become backgrounds). Empty: defaults
     # that exist on this machine (the mypaint paper/canvas textures).
     image_dirs: list[str] = field(default_factory=list)
@@ -80,8 +90,9 @@ class BackgroundConfig:
 class ColourConfig:
     # Minimum luminance difference (0..1) between text and background mean colour.
     min_contrast: float = 0.3
-    # Probability that a colour is achromatic (black/white/grey), as much of real signage is.
-    grey_p: float = 0.45
+    # Probability that a background / text colour is achromatic (black/white/grey), as much of signage is.
+    grey_p: float = 0.4
+    text_grey_p: float = 0.6
 
 
 @dataclass
@@ -117,7 +128,8 @@ class Effects:
     shear: Effect = field(default_factory=lambda: Effect(0.3, 0.3))
     # Perspective: each side's scale changes by up to +-strength (projective warp).
     perspective: Effect = field(default_factory=lambda: Effect(0.4, 0.25))
-    # Text along a circular arc spanning up to strength * 150 degrees (CUTE80-style curved text).
+    # Text along a circular arc spanning up to strength * 150 degrees (CUTE80-style curved text; words of
+    # 4+ glyphs, at most 25 degrees per glyph so short words are not folded).
     curve: Effect = field(default_factory=lambda: Effect(0.06, 1.0))
     # Text colour gradient (two close colours across the word); strength: how far apart they are.
     text_gradient: Effect = field(default_factory=lambda: Effect(0.12, 0.5))
@@ -126,23 +138,26 @@ class Effects:
     # Lighting: a brightness gradient or glare, of relative amplitude up to strength.
     lighting: Effect = field(default_factory=lambda: Effect(0.4, 0.5))
     # Contrast loss (haze, faded paint): blend towards the mean by up to strength.
-    contrast: Effect = field(default_factory=lambda: Effect(0.25, 0.4))
+    contrast: Effect = field(default_factory=lambda: Effect(0.2, 0.35))
     # Colour cast / white balance: per-channel gains of +-strength.
     colour_cast: Effect = field(default_factory=lambda: Effect(0.3, 0.12))
     # Gaussian blur of radius up to strength * height / 32 pixels.
-    blur: Effect = field(default_factory=lambda: Effect(0.35, 1.3))
+    blur: Effect = field(default_factory=lambda: Effect(0.3, 1.1))
     # Motion blur: a horizontal or vertical streak up to strength * height / 32 pixels.
     motion_blur: Effect = field(default_factory=lambda: Effect(0.06, 2.5))
     # Low resolution: downscale to (1 - u * strength) of the size, u uniform in [0, 1], and back up.
-    low_resolution: Effect = field(default_factory=lambda: Effect(0.3, 0.65))
+    low_resolution: Effect = field(default_factory=lambda: Effect(0.25, 0.55))
     # Gaussian sensor noise of standard deviation up to strength * 255.
-    noise: Effect = field(default_factory=lambda: Effect(0.35, 0.06))
+    noise: Effect = field(default_factory=lambda: Effect(0.3, 0.05))
     # JPEG re-encoding at quality 95 - u * strength * 90.
     jpeg: Effect = field(default_factory=lambda: Effect(0.3, 0.85))
 
 
 @dataclass
 class SynthConfig:
+    # At most this many of the destructive degradations (occlusion, lighting, contrast, blur, motion_blur,
+    # low_resolution, noise) hit one sample, in that order: stacking them all makes words no one can read.
+    max_degradations: int = 3
     text: TextConfig = field(default_factory=TextConfig)
     fonts: FontConfig = field(default_factory=FontConfig)
     backgrounds: BackgroundConfig = field(default_factory=BackgroundConfig)
@@ -164,11 +179,18 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
     if isinstance(spec, SynthConfig):
         return spec
     base = OmegaConf.structured(SynthConfig)
-    items = [] if spec is None else (list(spec) if isinstance(spec, (list, tuple)) else [spec])
+    if spec is None:
+        items = []
+    elif isinstance(spec, (list, tuple, ListConfig)):
+        items = list(spec)
+    else:
+        items = [spec]
     for item in items:
         try:
             if isinstance(item, SynthConfig):
                 update = OmegaConf.structured(item)
+            elif isinstance(item, DictConfig):  # a `config:` section of a YAML training recipe
+                update = item
             elif isinstance(item, dict):
                 update = OmegaConf.create(item)
             elif isinstance(item, (str, os.PathLike)) and os.path.isfile(item):
@@ -186,6 +208,8 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
 
 
 def _validate(cfg: SynthConfig) -> None:
+    if cfg.max_degradations < 0:
+        raise ValueError(f"synth config max_degradations = {cfg.max_degradations}: must be >= 0")
     for name in EFFECT_NAMES:
         effect = getattr(cfg.effects, name)
         if not 0.0 <= effect.p <= 1.0:

@@ -8,6 +8,7 @@ function takes the sample's numpy Generator and works on small float32 (H, W, 3)
 from __future__ import annotations
 
 import colorsys
+import functools
 import io
 import logging
 import os
@@ -38,8 +39,8 @@ def luminance(rgb: np.ndarray) -> float:
 
 
 # Hues of sign paint (red, orange, yellow, green, teal, blue, purple, pink) and how often each is seen.
-_HUES = np.array([0.0, 0.07, 0.14, 0.33, 0.48, 0.6, 0.75, 0.9])
-_HUE_CUM = cumulative([0.22, 0.11, 0.14, 0.16, 0.07, 0.2, 0.05, 0.05])
+_HUES = np.array([0.0, 0.07, 0.14, 0.33, 0.48, 0.62, 0.76, 0.9])
+_HUE_CUM = cumulative([0.23, 0.12, 0.15, 0.17, 0.07, 0.2, 0.03, 0.03])
 
 
 def random_colour(rng: np.random.Generator, grey_p: float = 0.45) -> np.ndarray:
@@ -150,6 +151,35 @@ def make_texture(kind: str, rng: np.random.Generator, shape: tuple[int, int] = T
 TEXTURE_KINDS = ("noise", "stone", "wood", "metal", "bricks", "tiles", "dots", "paper", "stains", "hatch")
 
 
+@functools.lru_cache(maxsize=4)
+def texture_bank(size: int) -> list[Image.Image]:
+    """`size` procedural textures (grey PIL images), the same in every process: a fixed seed."""
+    rng = np.random.default_rng(BANK_SEED)
+    return [Image.fromarray((make_texture(TEXTURE_KINDS[i % len(TEXTURE_KINDS)], rng) * 255).astype(np.uint8), "L")
+            for i in range(size)]
+
+
+@functools.lru_cache(maxsize=1)
+def noise_field() -> np.ndarray:
+    """A fixed (256, 1024, 3) int8 field of Gaussian noise (sd 32) that samples crop from."""
+    rng = np.random.default_rng(BANK_SEED + 1)
+    return np.clip(rng.normal(0, 32, (256, 1024, 3)), -127, 127).astype(np.int8)
+
+
+@functools.lru_cache(maxsize=MAX_IMAGES)
+def load_background(path: str) -> Image.Image | None:
+    """A natural image, RGB and at most MAX_IMAGE_SIDE on its long side; None (with a warning) if unreadable."""
+    try:
+        with Image.open(path) as raw:
+            raw.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+            img = raw.convert("RGB")
+        img.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.BILINEAR)
+        return img
+    except Exception as e:  # one unreadable background never stops rendering
+        logger.warning("background image %s: cannot read (%s); skipped", path, e)
+        return None
+
+
 # ---- backgrounds ------------------------------------------------------------------------------------------
 
 def find_images(dirs: Sequence[str]) -> list[str]:
@@ -179,43 +209,18 @@ class Backgrounds:
         self.image_files = find_images(dirs)
         if config.image_dirs and not self.image_files:
             raise ValueError(f"backgrounds.image_dirs {list(config.image_dirs)}: no image found")
-        self._images: dict[int, Image.Image] = {}
-        self._bank: list[Image.Image] | None = None
-        self._noise: np.ndarray | None = None
         kinds = [k for k in self.KINDS if config.weights.get(k, 0) > 0 and (k != "image" or self.image_files)]
         if not kinds:
             kinds = ["solid"]
         w = np.array([float(config.weights.get(k, 1.0)) for k in kinds])
         self.kinds, self._kind_cum = kinds, cumulative(w)
 
-    def __getstate__(self):  # workers rebuild the bank and image cache lazily (identically)
-        state = self.__dict__.copy()
-        state["_images"], state["_bank"], state["_noise"] = {}, None, None
-        return state
-
     @property
     def bank(self) -> list[Image.Image]:
-        if self._bank is None:
-            rng = np.random.default_rng(BANK_SEED)
-            n = max(1, int(self.config.bank_size))
-            self._bank = [Image.fromarray((make_texture(TEXTURE_KINDS[i % len(TEXTURE_KINDS)], rng) * 255)
-                                          .astype(np.uint8), "L") for i in range(n)]
-        return self._bank
+        return texture_bank(max(1, int(self.config.bank_size)))
 
     def image(self, index: int) -> Image.Image | None:
-        img = self._images.get(index)
-        if img is None and index not in self._images:
-            path = self.image_files[index]
-            try:
-                with Image.open(path) as raw:
-                    raw.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
-                    img = raw.convert("RGB")
-                img.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.BILINEAR)
-            except Exception as e:  # one unreadable background never stops rendering
-                logger.warning("background image %s: cannot read (%s); skipped", path, e)
-                img = None
-            self._images[index] = img
-        return img
+        return load_background(self.image_files[index])
 
     def sample(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """-> (background (h, w, 3) float32, its mean colour (3,))."""
@@ -246,29 +251,8 @@ class Backgrounds:
         t = t[:, :, None] * np.float32(1 / 255.0)
         return c1 + t * (c2 - c1), (c1 + c2) / 2
 
-    def noise(self, img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-        """Gaussian sensor noise on uint8 (H, W, 3), colour or luminance-only: a random crop of a fixed
-        noise field (drawing fresh normals costs more than the rest of the degradations together)."""
-        field = self.noise_field
-        h, w = img.shape[:2]
-        sigma = rng.uniform(0.2, 1.0) * strength * 255
-        y0 = int(rng.integers(0, field.shape[0] - min(h, field.shape[0]) + 1))
-        x0 = int(rng.integers(0, field.shape[1] - min(w, field.shape[1]) + 1))
-        colour = rng.random() < 0.5
-        n = field[y0:y0 + h, x0:x0 + w, :3 if colour else 1]
-        if n.shape[:2] != (h, w):  # an image larger than the field: tile it
-            reps = (-(-h // n.shape[0]), -(-w // n.shape[1]), 1)
-            n = np.tile(n, reps)[:h, :w]
-        return np.clip(img + n * np.float32(sigma / 32.0), 0, 255).astype(np.uint8)
-
-    @property
-    def noise_field(self) -> np.ndarray:
-        if self._noise is None:
-            rng = np.random.default_rng(BANK_SEED + 1)
-            self._noise = np.clip(rng.normal(0, 32, (256, 1024, 3)), -127, 127).astype(np.int8)
-        return self._noise
-
-    def _image_patch(self, rng: np.random.Generator, h: int, w: int) -> np.ndarray | None:
+    def _image_patch(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A zoomed crop of a natural image, contrast-reduced, often recoloured; None if it is unreadable."""
         img = self.image(int(rng.integers(len(self.image_files))))
         if img is None:
             return None
@@ -364,6 +348,21 @@ def apply_low_resolution(img: Image.Image, rng: np.random.Generator, strength: f
     return down.resize((w, h), (Image.BILINEAR, Image.BICUBIC, Image.NEAREST)[pick(rng, _RESAMPLE_CUM)])
 
 
+def apply_noise(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Gaussian sensor noise on uint8 (H, W, 3), colour or luminance-only: a random crop of a fixed noise field
+    (drawing fresh normals would cost more than all other degradations together)."""
+    field = noise_field()
+    h, w = img.shape[:2]
+    sigma = rng.uniform(0.2, 1.0) * strength * 255
+    y0 = int(rng.integers(0, field.shape[0] - min(h, field.shape[0]) + 1))
+    x0 = int(rng.integers(0, field.shape[1] - min(w, field.shape[1]) + 1))
+    colour = rng.random() < 0.5
+    n = field[y0:y0 + h, x0:x0 + w, :3 if colour else 1]
+    if n.shape[:2] != (h, w):  # an image larger than the field: tile it
+        n = np.tile(n, (-(-h // n.shape[0]), -(-w // n.shape[1]), 1))[:h, :w]
+    return np.clip(img + n * np.float32(sigma / 32.0), 0, 255).astype(np.uint8)
+
+
 def apply_jpeg(img: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
     quality = int(round(95 - rng.uniform(0, 1) * min(strength, 1.0) * 90))
     buf = io.BytesIO()
@@ -375,5 +374,6 @@ def apply_jpeg(img: Image.Image, rng: np.random.Generator, strength: float) -> I
 
 
 def active(effect: Effect, rng: np.random.Generator) -> bool:
-    """Draws one number always (so later draws do not shift when p changes between 0 and 1 exclusive)."""
+    """Whether an effect hits this sample. Always one uniform draw, whatever p is, so changing one effect's p
+    leaves the decisions drawn before it unchanged."""
     return rng.random() < effect.p and effect.strength > 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -66,7 +66,8 @@ def build_fonts(charset: str | Sequence[str], fonts: FontSpec = None, config: Co
     paths = list(fonts) if fonts else (list(cfg.fonts.dirs) or None)
     caseless = not any(c.isupper() for c in charset) and any(c.islower() for c in charset)
     return FontSet.build(renderable_chars(charset), paths, cfg.fonts.min_coverage, case_sensitive=not caseless,
-                         group_weights=dict(cfg.fonts.group_weights), light_weight=cfg.fonts.light_weight)
+                         group_weights=dict(cfg.fonts.group_weights), name_weights=dict(cfg.fonts.name_weights),
+                         exclude=list(cfg.fonts.exclude))
 
 
 class Renderer:
@@ -119,7 +120,8 @@ class Renderer:
 
     # ---- glyph layout -------------------------------------------------------------------------------------
     def _layout(self, text: str, font: int, size: int, rng: np.random.Generator):
-        """-> list of (mask uint8, x, y) placements and the ink box (x0, y0, x1, y1), baseline-aligned."""
+        """-> (placements [(glyph mask uint8 (h, w), x, y, advance)], baseline y): glyph tops are relative to
+        the ascender line, with the font's kerning, tracking/gap jitter and optional per-glyph size wobble."""
         eff = self.config.effects
         tracking, gap_jitter, size_jit = 0.0, 0.0, 0.0
         if fx.active(eff.kerning, rng):
@@ -134,11 +136,11 @@ class Renderer:
             scales = 1 + rng.uniform(-1, 1, n) * size_jit
             dys = rng.uniform(-1, 1, n) * size_jit * size * 0.5
         placed = []
-        pen, prev, prev_adv = 0.0, None, 0.0
+        pen, prev = 0.0, None
         for k, ch in enumerate(text):
             mask, left, top, advance = self.fonts.glyph(font, size, ch)
             if prev is not None:
-                pen += self.fonts.kern(font, size, prev, ch, prev_adv, advance) + tracking
+                pen += self.fonts.kern(font, size, prev, ch) + tracking
                 if gaps is not None:
                     pen += gaps[k]
             x, y = pen + left, float(top)
@@ -152,7 +154,7 @@ class Renderer:
             if mask.size:
                 placed.append((mask, x, y, advance))
             pen += advance
-            prev, prev_adv = ch, advance
+            prev = ch
         return placed, ascent
 
     def _curve(self, placed, baseline: float, rng: np.random.Generator):
@@ -161,8 +163,8 @@ class Renderer:
         x_min = min(x for _, x, _, _ in placed)
         x_max = max(x + m.shape[1] for m, x, _, _ in placed)
         span = max(1.0, x_max - x_min)
-        arc = math.radians(150.0) * self.config.effects.curve.strength * rng.uniform(0.3, 1.0)
-        arc = min(arc, math.radians(300.0))
+        arc = math.radians(min(150.0, 25.0 * (len(placed) - 1))) * self.config.effects.curve.strength
+        arc = min(arc * rng.uniform(0.3, 1.0), math.radians(300.0))
         radius = span / arc
         sign = 1.0 if rng.random() < 0.6 else -1.0  # 1: text on top of a circle (arched), -1: smile
         mid = x_min + span / 2
@@ -188,7 +190,7 @@ class Renderer:
         text, label, font = self._text_and_font(rng)
         size = self.font_size
         placed, baseline = self._layout(text, font, size, rng)
-        if fx.active(eff.curve, rng) and len(placed) >= 3:
+        if fx.active(eff.curve, rng) and len(placed) >= 4:
             placed = self._curve(placed, baseline, rng)
         if not placed:  # only whitespace is drawable (cannot happen: labels are stripped)
             raise RuntimeError(f"label {label!r} has no ink")
@@ -234,18 +236,23 @@ class Renderer:
             g = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) @ g
         if fx.active(eff.perspective, rng):
             s = min(eff.perspective.strength, 0.6)
-            px = rng.uniform(-1, 1) * s * 2 / max(ink_w, 1.0)
-            py = rng.uniform(-1, 1) * s * 2 / max(ink_h, 1.0) * 0.5
+            # Normalised by the canvas so the projective denominator stays in [1 - s, 1 + s] > 0 on it.
+            px = rng.uniform(-1, 1) * s * 2 / cw
+            py = rng.uniform(-1, 1) * s * 2 / ch * 0.5
             g = np.array([[1, 0, 0], [0, 1, 0], [px, py, 1]]) @ g
         corners = _apply(g, box)
         bx0, by0 = corners.min(axis=0)
         bx1, by1 = corners.max(axis=0)
-        ref = min(ink_h, by1 - by0)  # padding is relative to the text height, not to a rotated box
+        # Padding is relative to the letter height, not to a rotated or curved box.
+        ref = min(ink_h, by1 - by0, 0.8 * size)
         c = cfg.crop
         wx0 = bx0 - rng.uniform(*c.pad_left) * ref
         wx1 = bx1 + rng.uniform(*c.pad_right) * ref
         wy0 = by0 - rng.uniform(*c.pad_top) * ref
         wy1 = by1 + rng.uniform(*c.pad_bottom) * ref
+        short = 0.5 * size - (wy1 - wy0)  # flat marks ("-", "..."): a crop at least half a letter tall
+        if short > 0:
+            wy0, wy1 = wy0 - short / 2, wy1 + short / 2
         win_w, win_h = max(wx1 - wx0, 2.0), max(wy1 - wy0, 2.0)
         sy = H / win_h
         W = int(round(min(max(win_w * sy, 2.0), cfg.crop.max_aspect * H)))
@@ -286,7 +293,7 @@ class Renderer:
         # Colours: background first, then text contrasting with it; layers composited back to front.
         cc = cfg.colours
         img, bg_mean = self.backgrounds.sample(rng, H, W)
-        fg = fx.contrasting_colour(rng, fx.luminance(bg_mean), cc.min_contrast, cc.grey_p)
+        fg = fx.contrasting_colour(rng, fx.luminance(bg_mean), cc.min_contrast, cc.text_grey_p)
         fg_lum = fx.luminance(fg)
         band = 1
         bands = {}
@@ -311,24 +318,32 @@ class Renderer:
             colour = fg + t * (fg2 - fg)
         _over(img, warped[:, :, 0], colour)
 
-        # Photographic degradations.
-        if fx.active(eff.occlusion, rng):
+        # Photographic degradations; at most cfg.max_degradations of the destructive ones.
+        budget = [cfg.max_degradations]
+
+        def hit(effect) -> bool:
+            if not fx.active(effect, rng) or budget[0] <= 0:
+                return False
+            budget[0] -= 1
+            return True
+
+        if hit(eff.occlusion):
             img = fx.draw_occlusion(img, rng, eff.occlusion.strength, cc.grey_p)
-        if fx.active(eff.lighting, rng):
+        if hit(eff.lighting):
             img = fx.apply_lighting(img, rng, eff.lighting.strength)
-        if fx.active(eff.contrast, rng):
+        if hit(eff.contrast):
             img = fx.apply_contrast(img, rng, eff.contrast.strength)
         if fx.active(eff.colour_cast, rng):
             img = fx.apply_colour_cast(img, rng, eff.colour_cast.strength)
         out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-        if fx.active(eff.blur, rng):
+        if hit(eff.blur):
             out = fx.apply_blur(out, rng, eff.blur.strength, H)
-        if fx.active(eff.motion_blur, rng):
+        if hit(eff.motion_blur):
             out = fx.apply_motion_blur(out, rng, eff.motion_blur.strength, H)
-        if fx.active(eff.low_resolution, rng):
+        if hit(eff.low_resolution):
             out = fx.apply_low_resolution(out, rng, eff.low_resolution.strength)
-        if fx.active(eff.noise, rng):
-            out = Image.fromarray(self.backgrounds.noise(np.asarray(out), rng, eff.noise.strength), "RGB")
+        if hit(eff.noise):
+            out = Image.fromarray(fx.apply_noise(np.asarray(out), rng, eff.noise.strength), "RGB")
         if fx.active(eff.jpeg, rng):
             out = fx.apply_jpeg(out, rng, eff.jpeg.strength)
         return out, label
@@ -365,8 +380,3 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
         raise IndexError(f"sample index {index}: must be >= 0")
     key = ((int(seed) & 0xFFFFFFFFFFFFFFFF) << 64) | (int(index) & 0xFFFFFFFFFFFFFFFF)
     return np.random.Generator(np.random.Philox(key=key))
-
-
-def render_many(renderer: Renderer, seed: int, indices: Iterable[int]) -> Iterable[tuple[Image.Image, str]]:
-    for i in indices:
-        yield renderer.render(sample_rng(seed, i))

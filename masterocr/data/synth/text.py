@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import calendar
 import functools
-import logging
 import os
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ...charset import normalize_label
 from .config import TextConfig
 from .sampling import cumulative, pick
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_WORDLISTS = ("/usr/share/dict/words", "/usr/share/dict/american-english-large",
                      "/usr/share/dict/american-english", "/usr/share/dict/british-english")
@@ -72,6 +69,19 @@ def _load_wordlist(path: str, allowed: frozenset, max_length: int) -> tuple[str,
 
 
 @functools.lru_cache(maxsize=16)
+def _words_for(paths: tuple[str, ...], allowed: frozenset, max_length: int) -> tuple[str, ...]:
+    """Words of the lists whose characters can be shown in some case (they are case-mapped when drawn)."""
+    closure = set(allowed)
+    for c in allowed:
+        closure.update(x for x in (c.lower(), c.upper()) if len(x) == 1)
+    closure = frozenset(closure)
+    words: list[str] = []
+    for path in paths:
+        words.extend(_load_wordlist(path, closure, max_length))
+    return tuple(dict.fromkeys(words))
+
+
+@functools.lru_cache(maxsize=16)
 def _load_corpus(path: str) -> tuple[str, ...]:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -110,28 +120,12 @@ class TextSampler:
     # ---- set-up -------------------------------------------------------------------------------------------
     def _load_words(self) -> list[str]:
         paths = list(self.config.wordlists) or [p for p in DEFAULT_WORDLISTS if os.path.isfile(p)]
-        seen = set()
-        words: list[str] = []
+        real = []
         for path in paths:
-            real = os.path.realpath(os.fspath(path))
-            if real in seen:
-                continue
-            seen.add(real)
-            if not os.path.isfile(real):
+            if not os.path.isfile(path):
                 raise ValueError(f"word list {path}: no such file")
-            # Words are case-mapped later, so keep those whose characters (in any case) can be shown.
-            words.extend(w for w in _load_wordlist(real, self._case_closure(), self.max_length)
-                         if self._casable(w))
-        return list(dict.fromkeys(words))
-
-    def _case_closure(self) -> frozenset:
-        extra = set()
-        for c in self.allowed:
-            extra.update(c.lower(), c.upper())
-        return frozenset(self.allowed | {c for c in extra if len(c) == 1})
-
-    def _casable(self, word: str) -> bool:
-        return all(c in self.allowed or c.lower() in self.allowed or c.upper() in self.allowed for c in word)
+            real.append(os.path.realpath(os.fspath(path)))
+        return list(_words_for(tuple(dict.fromkeys(real)), self.allowed, self.max_length))
 
     def _usable_sources(self) -> tuple[list[str], np.ndarray]:
         weights = dict(self.config.weights)
@@ -210,7 +204,11 @@ class TextSampler:
         return left + word + right
 
     def _word(self, rng: np.random.Generator) -> str:
-        word = self.words[rng.integers(len(self.words))]
+        limit = self.config.long_word_length
+        for _ in range(8):
+            word = self.words[rng.integers(len(self.words))]
+            if limit <= 0 or len(word) <= limit or rng.random() < np.exp(-(len(word) - limit) / 4):
+                break
         if " " in self.allowed and rng.random() < 0.1:  # a two-word phrase when spaces are labels
             word += " " + self.words[rng.integers(len(self.words))]
         return self._punctuate(self._case(word, rng), rng)
@@ -314,9 +312,3 @@ class TextSampler:
         n = int(rng.integers(1, min(len(line), self.max_length) + 1))
         start = int(rng.integers(0, len(line) - n + 1))
         return line[start:start + n]
-
-
-def iter_texts(sampler: TextSampler, rng: np.random.Generator, n: int) -> Iterable[tuple[str, str]]:
-    """n (text, label) pairs (for inspection and tests)."""
-    for _ in range(n):
-        yield sampler.sample(rng)

@@ -3,8 +3,8 @@
 from .attention import MultiHeadAttention, causal_mask, step_mask
 from .gc_block import MultiAspectGCBlock
 from .positional import PositionalEncoding, sinusoidal_table
-from .resnet31 import BasicBlock, ResNet31
+from .resnet31 import BasicBlock, ResNet31, fold_batchnorm
 from .transformer import DecoderLayer, EncoderLayer, FeedForward
 
 __all__ = ["MultiHeadAttention", "causal_mask", "step_mask", "MultiAspectGCBlock", "PositionalEncoding",
-           "sinusoidal_table", "BasicBlock", "ResNet31", "DecoderLayer", "EncoderLayer", "FeedForward"]
+           "sinusoidal_table", "BasicBlock", "ResNet31", "fold_batchnorm", "DecoderLayer", "EncoderLayer", "FeedForward"]

@@ -107,3 +107,35 @@ class ResNet31(nn.Module):
         for stage in self.stages:
             x = stage(x)  # ... -> (B, C, H/8, W/4)
         return x
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv computing conv -> bn (eval statistics) in one op: w' = w * g / s, b' = beta + (b - mean) * g / s."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C,)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+    return fused.to(memory_format=torch.channels_last) if conv.weight.is_contiguous(
+        memory_format=torch.channels_last) and not conv.weight.is_contiguous() else fused
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d (in a Sequential or a BasicBlock) into the conv,
+    in place, for inference: one pass over each feature map fewer. Eval mode only; the folded module has
+    other state-dict keys, so save weights before folding, not after."""
+    if module.training:
+        raise ValueError("fold_batchnorm needs a module in eval mode (it freezes the running statistics)")
+    for child in list(module.modules()):
+        if isinstance(child, BasicBlock):
+            child.conv1, child.bn1 = _fold(child.conv1, child.bn1), nn.Identity()
+            child.conv2, child.bn2 = _fold(child.conv2, child.bn2), nn.Identity()
+        elif isinstance(child, nn.Sequential):
+            names = list(child._modules)
+            for a, b in zip(names, names[1:]):
+                conv, bn = child._modules[a], child._modules[b]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    child._modules[a], child._modules[b] = _fold(conv, bn), nn.Identity()
+    return module

@@ -201,8 +201,8 @@ class Master(nn.Module):
         self_k, self_v, memory_k, memory_v = [], [], [], []
         for layer in self.decoder:
             k, v = layer.cross_attn.project_kv(memory)  # (B, h, N, D/h)
-            memory_k.append(k)
-            memory_v.append(v)
+            memory_k.append(k.contiguous())  # laid out once here, not copied by attention at every step
+            memory_v.append(v.contiguous())
             shape = (b, layer.self_attn.num_heads, steps, layer.self_attn.head_dim)
             self_k.append(k.new_zeros(shape))
             self_v.append(v.new_zeros(shape))

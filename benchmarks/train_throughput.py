@@ -1,0 +1,167 @@
+"""Training throughput on this CPU, and the training engine's overhead over a bare PyTorch loop.
+
+Table 1: images per second of full training steps (forward, backward, gradient clipping, AdamW step) for
+master, master-small and master-tiny at 32x100 and 48x160, batch 32: fp32, bf16 autocast, and bf16 autocast
+with channels_last tensors. A bare PyTorch loop on fixed random batches (the data pipeline is not measured).
+
+Table 2: the same model, batches and precision through `masterocr train`'s engine (Lightning Trainer built
+by masterocr.training.runner.build_trainer, RecognitionModule, loggers, throughput monitor, progress bar)
+against the bare loop, alternating runs and keeping the median; overhead = 1 - engine / bare img/s.
+
+Wall-clock figures on a shared machine: other processes slow both columns alike, so compare ratios from one
+run. The load average at the start is printed.
+
+    python benchmarks/train_throughput.py [--threads 2] [--min-time 6] [--models master-small ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from masterocr.config import load_config, to_dict  # noqa: E402
+from masterocr.models import build_model  # noqa: E402
+
+SIZES = [(32, 100), (48, 160)]
+VARIANTS = [("fp32", False, False), ("bf16", True, False), ("bf16+CL", True, True)]
+
+
+def make_batches(tokenizer, count: int, batch: int, height: int, width: int, seed: int = 0):
+    """Fixed random images (B, 3, H, W) and random words of 3-10 characters from the model's charset."""
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    chars = tokenizer.charset
+    return [(torch.rand(batch, 3, height, width, generator=g) * 2 - 1,
+             ["".join(rng.choice(chars) for _ in range(rng.randint(3, 10))) for _ in range(batch)])
+            for _ in range(count)]
+
+
+def build(name: str, height: int, width: int, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = to_dict(load_config(name, [f"model.img_size=[{height},{width}]"]))
+    return build_model(cfg["model"]).train(), cfg
+
+
+def bare_step(model, optimizer, images, labels, bf16: bool, channels_last: bool) -> None:
+    """One training step in plain PyTorch: what the engine's step computes, without the engine."""
+    tok = model.tokenizer
+    targets = tok.encode(labels)[:, : max(len(s) for s in labels) + 2]
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(images, targets[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=tok.pad_id)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def bare_throughput(name, height, width, bf16, channels_last, batch, min_time, batches=None, steps=None) -> float:
+    """img/s of the bare loop after one warm-up step; runs `steps` steps, or until min_time seconds (>= 2)."""
+    model, _ = build(name, height, width)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = batches or make_batches(model.tokenizer, 4, batch, height, width)
+    bare_step(model, optimizer, *batches[0], bf16, channels_last)  # warm-up (allocations, oneDNN kernels)
+    done, start = 0, time.perf_counter()
+    while True:
+        images, labels = batches[(done + 1) % len(batches)]
+        bare_step(model, optimizer, images, labels, bf16, channels_last)
+        done += 1
+        elapsed = time.perf_counter() - start
+        if (steps is not None and done >= steps) or (steps is None and done >= 2 and elapsed >= min_time):
+            return done * batch / elapsed
+
+
+def engine_throughput(name, height, width, bf16, channels_last, batch, batches, steps, threads) -> float:
+    """img/s of the same steps through the training engine (first step excluded, as in the bare loop)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from masterocr.training.module import RecognitionModule
+    from masterocr.training.runner import TRAIN_DEFAULTS, build_trainer
+
+    class Clock(pl.Callback):
+        def __init__(self):
+            self.ends = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch_, batch_idx):
+            self.ends.append(time.perf_counter())
+
+    model, cfg = build(name, height, width)
+    t = dict(TRAIN_DEFAULTS, batch_size=batch, max_steps=steps + 1, lr=1e-4, lr_scaling="none", warmup=1,
+             num_threads=threads, channels_last=channels_last, progress_refresh=1, log_every_steps=50,
+             gradient_clip=5.0, model_summary=False)
+    module = RecognitionModule(model, {"model": cfg["model"], "train": t})
+    clock = Clock()
+    dev = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+           "precision": "bf16-mixed" if bf16 else "32-true"}
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(t, dev, out, has_val=False, callbacks=[clock])
+        stream = [(images, labels, [""] * len(labels)) for images, labels in
+                  [batches[i % len(batches)] for i in range(steps + 1)]]
+        trainer.fit(module, train_dataloaders=DataLoader(stream, batch_size=None, shuffle=False))
+    return steps * batch / (clock.ends[-1] - clock.ends[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--min-time", type=float, default=6.0, help="seconds per table-1 measurement (>= 2 steps)")
+    parser.add_argument("--models", nargs="+", default=["master", "master-small", "master-tiny"])
+    parser.add_argument("--overhead-models", nargs="+", default=["master-tiny", "master-small"])
+    parser.add_argument("--overhead-steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-table", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+
+    if not args.skip_table:
+        print("\nTraining steps, img/s (bare loop: forward + backward + clip + AdamW)")
+        header = f"| {'model':<13} | {'size':>6} | " + " | ".join(f"{v[0]:>8}" for v in VARIANTS) + " | bf16 gain |"
+        print(header)
+        print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")
+        for name in args.models:
+            for h, w in SIZES:
+                rates = [bare_throughput(name, h, w, bf16, cl, args.batch, args.min_time) for _, bf16, cl in VARIANTS]
+                gain = max(rates[1:]) / rates[0]
+                print(f"| {name:<13} | {h:>2}x{w:<3} | " + " | ".join(f"{r:>8.1f}" for r in rates) + f" | {gain:>8.2f}x |",
+                      flush=True)
+
+    print(f"\nEngine overhead (bf16 + channels_last, 32x100, {args.overhead_steps} steps, median of "
+          f"{args.rounds} alternating rounds)")
+    print("| model         | bare img/s | engine img/s | overhead |")
+    print("|---------------|-----------:|-------------:|---------:|")
+    for name in args.overhead_models:
+        model, _ = build(name, 32, 100)
+        batches = make_batches(model.tokenizer, 4, args.batch, 32, 100)
+        bare, engine = [], []
+        for _ in range(args.rounds):
+            bare.append(bare_throughput(name, 32, 100, True, True, args.batch, 0, batches, args.overhead_steps))
+            engine.append(engine_throughput(name, 32, 100, True, True, args.batch, batches, args.overhead_steps,
+                                            args.threads))
+        b, e = statistics.median(bare), statistics.median(engine)
+        print(f"| {name:<13} | {b:>10.1f} | {e:>12.1f} | {100 * (1 - e / b):>7.1f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
