@@ -13,11 +13,17 @@ Word lengths. A random model never stops at a realistic length (its arg-max is c
 biasing the EOS logit gives either immediate stops or none: one bias fits no batch). So the random model is
 wrapped by `ForcedLength`: every step runs the real decoder (all its compute), then the EOS logit is forced
 up at the word's sampled length and down before it. Lengths are sampled from IIIT5K train label lengths (or
-the same histogram built in when the data is absent): mean ~5 characters, a batch of 64 runs until its longest
-word ends, a batch of 1 runs its word's length + 1 steps. The same lengths are used for every configuration.
+the same histogram built in when the data is absent), mean ~5 characters. The batch-1 word has the mean
+length, so it takes 6 steps. A batch of 64 runs until its longest word ends; cached decoding drops ended rows
+from the running batch as it goes, full recompute does not. Every configuration uses the same lengths.
+
+Speed settings: channels_last tensors for the CNN and BatchNorm folded into the convs (inference only); switch
+them off with --no-channels-last / --no-fold-bn. Decoding runs under no_grad, not inference_mode: under
+autocast, inference mode re-casts every decoder weight at every step.
 
     python benchmarks/decode.py                 # the full table (several minutes on 2 cores)
     python benchmarks/decode.py --quick         # master, 48x160, fewer repeats
+    python benchmarks/decode.py --threads 1     # per-core figures (steadier on a shared machine)
     python benchmarks/decode.py --models master --sizes 48x160 --batches 64 --dtypes bf16 --modes cached
 """
 
@@ -35,6 +41,7 @@ from torch import nn
 from masterocr.config import load_config
 from masterocr.decoding import decode_memory
 from masterocr.models import build_model
+from masterocr.models.layers import fold_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTH_FILE = ROOT.parent / "shared" / "data" / "IIIT5K" / "train" / "labels.tsv"
@@ -55,6 +62,16 @@ def length_histogram(max_length: int) -> tuple[dict[int, int], str]:
     return {k: v for k, v in BUILTIN_LENGTHS.items() if k <= max_length}, "built-in IIIT5K histogram"
 
 
+class ForcedCache:
+    """The wrapped model's cache plus each row's word length, reordered together (row dropping, beams)."""
+
+    def __init__(self, inner, lengths: torch.Tensor):
+        self.inner, self.lengths = inner, lengths
+
+    def reorder(self, index: torch.Tensor, memory: bool = True) -> "ForcedCache":
+        return ForcedCache(self.inner.reorder(index, memory=memory), self.lengths.index_select(0, index))
+
+
 class ForcedLength(nn.Module):
     """A model whose decoder does all its real work but ends word i after lengths[i] characters."""
 
@@ -71,23 +88,24 @@ class ForcedLength(nn.Module):
         return self.model.encode(images)
 
     def init_cache(self, memory, max_steps=None):
-        return self.model.init_cache(memory, max_steps)
+        return ForcedCache(self.model.init_cache(memory, max_steps), self.lengths[: memory.shape[0]])
 
-    def _force(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _force(self, logits: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """logits (B, ..., C); positions broadcastable to (B, ...): EOS wins exactly at position == length."""
-        lengths = self.lengths.reshape(-1, *([1] * (logits.dim() - 2)))
+        lengths = lengths.reshape(-1, *([1] * (logits.dim() - 2)))
         eos = torch.where(positions == lengths, 1e4, -1e4).to(logits.dtype)
         logits = logits.clone()
         logits[..., self.tokenizer.eos_id] = eos
         return logits
 
     def decode_step(self, tokens, position, cache, need_weights=True):
-        logits, attn = self.model.decode_step(tokens, position, cache, need_weights)
-        return self._force(logits, position.reshape(1)), attn
+        logits, attn = self.model.decode_step(tokens, position, cache.inner, need_weights)
+        return self._force(logits, position.reshape(1), cache.lengths), attn
 
     def decode_full(self, memory, tokens, need_weights=False):
         logits, attn = self.model.decode_full(memory, tokens, need_weights)
-        return self._force(logits, torch.arange(tokens.shape[1]).unsqueeze(0)), attn
+        positions = torch.arange(tokens.shape[1]).unsqueeze(0)
+        return self._force(logits, positions, self.lengths[: memory.shape[0]]), attn
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
@@ -102,20 +120,31 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
 
 
 def run_config(model, size, batch, dtype, modes, lengths, repeats, channels_last):
+    """Encoder and decoder timings for one configuration. Each call enters its own autocast context, as a
+    caller reading a batch would, so casting weights to bf16 is part of the measured time."""
     torch.manual_seed(0)
     images = torch.randn(batch, model.in_channels, *size)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     forced = ForcedLength(model, lengths[:batch])
     feature_size = model.feature_size(*size)
+    bf16 = dtype == "bf16"
+
+    def encode():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.encode(images)
+
     rows = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        enc_t, memory = best_time(lambda: model.encode(images), repeats)
+    # no_grad, not inference_mode: inside inference mode autocast re-casts the decoder weights at every step.
+    with torch.no_grad():
+        enc_t, memory = best_time(encode, repeats)
         for mode in modes:
-            dec_t, result = best_time(lambda: decode_memory(forced, memory, feature_size, use_cache=mode == "cached",
-                                                            need_attention=True), repeats)
-            steps = result.token_ids.shape[1]
-            rows.append(dict(mode=mode, enc=enc_t, dec=dec_t, steps=steps))
+            def run_decoder():
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    return decode_memory(forced, memory, feature_size, use_cache=mode == "cached")
+
+            dec_t, result = best_time(run_decoder, repeats)
+            rows.append(dict(mode=mode, enc=enc_t, dec=dec_t, steps=result.token_ids.shape[1]))
     return rows
 
 
@@ -129,6 +158,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, best kept")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors for the CNN")
+    parser.add_argument("--no-fold-bn", action="store_true",
+                        help="keep BatchNorm separate instead of folding it into the convs (inference only)")
     parser.add_argument("--quick", action="store_true", help="master at 48x160 only, 2 repeats")
     args = parser.parse_args()
     if args.quick:
@@ -140,7 +171,10 @@ def main() -> None:
     max_label = load_config(args.models[0]).model.max_label_length
     hist, source = length_histogram(max_label)
     lengths = torch.tensor(rng.choices(list(hist), weights=list(hist.values()), k=max(args.batches)))
+    # The batch-1 word has the mean length (rounded), so latency is that of a typical word.
+    lengths[0] = round(sum(k * v for k, v in hist.items()) / sum(hist.values()))
     print(f"torch {torch.__version__}, {args.threads} threads, channels_last={channels_last}, "
+          f"BN folded={not args.no_fold_bn}, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"word lengths from {source}: batch-1 word has {lengths[0].item()} chars; batch of "
           f"{max(args.batches)}: mean {lengths.float().mean():.2f}, max {lengths.max().item()} chars; "
@@ -151,6 +185,8 @@ def main() -> None:
     print("-" * len(header))
     for name in args.models:
         model = build_model(load_config(name).model).eval()
+        if not args.no_fold_bn:
+            fold_batchnorm(model)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         for size_s in args.sizes:

@@ -65,7 +65,7 @@ def _finish(model: nn.Module, feature_size: tuple[int, int], ids: torch.Tensor, 
     tok = model.tokenizer
     is_eos = ids == tok.eos_id
     after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # (B, T) strictly after the first EOS
-    chosen = probs.gather(2, ids.unsqueeze(2)).squeeze(2)  # (B, T)
+    chosen = probs.gather(2, ids.clamp(max=probs.shape[2] - 1).unsqueeze(2)).squeeze(2)  # (B, T)
     scores = chosen.clamp_min(1e-30).log().masked_fill(after, 0.0).sum(1)  # (B,)
     ids = ids.masked_fill(after, tok.pad_id)
     probs = probs.masked_fill(after.unsqueeze(2), 0.0)
@@ -76,25 +76,37 @@ def _finish(model: nn.Module, feature_size: tuple[int, int], ids: torch.Tensor, 
 
 
 def _greedy_cached(model, memory, steps, need_weights):
+    """Greedy decoding with the cache. Rows that have ended are dropped from the batch (cache included)
+    whenever at most half of the rows still run, so a batch's short words stop costing compute early."""
     tok = model.tokenizer
-    b = memory.shape[0]
+    b, device = memory.shape[0], memory.device
     cache = model.init_cache(memory, steps)
-    tokens = torch.full((b,), tok.bos_id, dtype=torch.long, device=memory.device)
-    finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
-    ids, probs, attns = [], [], []
+    tokens = torch.full((b,), tok.bos_id, dtype=torch.long, device=device)
+    rows = torch.arange(b, device=device)  # original batch row of each running row
+    ended = torch.zeros(b, dtype=torch.bool, device=device)  # per running row
+    ids = torch.full((b, steps), tok.pad_id, dtype=torch.long, device=device)
+    probs = torch.zeros((b, steps, model.num_classes), device=device)
+    attns = torch.zeros((b, steps, memory.shape[1]), device=device) if need_weights else None
+    t = 0
     for t in range(steps):
-        position = torch.tensor(t, dtype=torch.long, device=memory.device)
+        position = torch.tensor(t, dtype=torch.long, device=device)
         logits, attn = model.decode_step(tokens, position, cache, need_weights)
-        p = logits.float().softmax(-1)  # (B, C)
-        tokens = p.argmax(-1)  # (B,)
-        ids.append(tokens)
-        probs.append(p)
-        attns.append(attn)
-        finished |= tokens == tok.eos_id
-        if bool(finished.all()):
+        p = logits.float().softmax(-1)  # (R, C)
+        tokens = p.argmax(-1)  # (R,)
+        ids[rows, t] = tokens
+        probs[rows, t] = p
+        if need_weights:
+            attns[rows, t] = attn.float()
+        ended |= tokens == tok.eos_id
+        running = int((~ended).sum())
+        if running == 0:
             break
-    attn = torch.stack(attns, 1) if need_weights else None  # (B, T, N)
-    return torch.stack(ids, 1), torch.stack(probs, 1), attn
+        if 2 * running <= len(rows):  # compact: keep the rows still running
+            keep = (~ended).nonzero().squeeze(1)
+            cache = cache.reorder(keep, memory=True)
+            rows, tokens, ended = rows[keep], tokens[keep], ended[keep]
+    # Values written after a row's EOS (before it was dropped) are blanked by _finish.
+    return ids[:, : t + 1], probs[:, : t + 1], (attns[:, : t + 1] if need_weights else None)
 
 
 def _greedy_full(model, memory, steps, need_weights):
@@ -175,6 +187,8 @@ def decode_memory(model: nn.Module, memory: torch.Tensor, feature_size: tuple[in
     if method not in METHODS:
         raise ValueError(f"decoding method {method!r}: choose one of {METHODS}")
     steps = model.max_steps if max_steps is None else int(max_steps)
+    if steps < 1:
+        raise ValueError(f"max_steps={steps} must be at least 1")
     if method == "beam":
         ids, probs, attn = _beam(model, memory, steps, int(beam_width), need_attention)
     elif use_cache:
@@ -199,9 +213,10 @@ def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_
     was_training = model.training
     model.eval()
     try:
-        # no_grad rather than inference_mode: under torch.autocast, inference mode disables the cache of
-        # weights cast to bf16, so every decode step would cast every decoder weight again.
-        with torch.no_grad():
+        # no_grad rather than inference_mode, even inside a caller's inference_mode: under torch.autocast,
+        # inference mode disables the cache of weights cast to bf16, so every decode step would cast every
+        # decoder weight again.
+        with torch.inference_mode(False), torch.no_grad():
             memory = model.encode(images)
             feature_size = model.feature_size(images.shape[-2], images.shape[-1])
             return decode_memory(model, memory, feature_size, method, beam_width, use_cache, max_steps,

@@ -8,6 +8,7 @@ import torch
 from masterocr.config import load_config
 from masterocr.decoding import decode
 from masterocr.models import build_model
+from masterocr.models.master import KVCache
 
 
 def tiny(seed=0, eos_bias=0.5, **overrides):
@@ -25,11 +26,11 @@ def lengths(result, tokenizer):
 
 
 def with_mixed_lengths(model, images):
-    """Raise the EOS bias step by step until the random model ends its words at several different lengths,
-    so early stopping and per-sequence EOS handling are exercised whatever the random draw."""
-    for _ in range(40):
-        found = set(lengths(decode(model, images), model.tokenizer))
-        if len(found) > 1 and max(found) > 2:
+    """Raise the EOS bias step by step until the random model ends most words before its longest one, so
+    early stopping, per-sequence EOS handling and dropping ended rows are exercised whatever the draw."""
+    for _ in range(60):
+        found = sorted(lengths(decode(model, images), model.tokenizer))
+        if found[len(found) // 2] < found[-1] and found[-1] > 2:
             return model
         with torch.no_grad():
             model.head.bias[model.tokenizer.eos_id] += 0.1
@@ -37,17 +38,22 @@ def with_mixed_lengths(model, images):
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_cached_equals_full_recompute(batch):
+def test_cached_equals_full_recompute(batch, monkeypatch):
     model = tiny(seed=batch, eos_bias=0.0)
     images = torch.randn(batch, 3, 32, 100, dtype=torch.float64)
     if batch > 1:
         with_mixed_lengths(model, images)
+    reorders = []
+    original = KVCache.reorder
+    monkeypatch.setattr(KVCache, "reorder", lambda self, *a, **k: reorders.append(1) or original(self, *a, **k))
     cached = decode(model, images, use_cache=True)
     full = decode(model, images, use_cache=False)
     assert torch.equal(cached.token_ids, full.token_ids)
     torch.testing.assert_close(cached.probs, full.probs, rtol=0, atol=1e-10)
     torch.testing.assert_close(cached.attention, full.attention, rtol=0, atol=1e-10)
     assert cached.attention.shape == (batch, cached.token_ids.shape[1], 4, 25)
+    if batch == 8:  # rows that ended were dropped from the running batch along the way
+        assert reorders
 
 
 def test_cached_equals_full_default_master_fp32():
@@ -152,3 +158,17 @@ def test_no_attention_and_bad_input():
         decode(model, torch.randn(2, 1, 32, 100, dtype=torch.float64))
     with pytest.raises(ValueError, match="method"):
         decode(model, torch.randn(1, 3, 32, 100, dtype=torch.float64), method="sample")
+
+
+def test_bf16_autocast_decoding():
+    torch.manual_seed(0)
+    model = build_model(load_config("master-tiny").model).eval()
+    images = torch.randn(3, 3, 32, 100).contiguous(memory_format=torch.channels_last)
+    reference = decode(model, images, max_steps=6)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # as a caller may wrap it
+        cached = decode(model, images.clone(), max_steps=6)
+    assert cached.probs.dtype == torch.float32 and cached.attention.dtype == torch.float32
+    # the first step sees the same prefix in both precisions; later steps may diverge after a different arg-max
+    torch.testing.assert_close(cached.probs[:, 0], reference.probs[:, 0], rtol=0, atol=5e-2)
+    valid = cached.token_ids != model.tokenizer.pad_id
+    torch.testing.assert_close(cached.probs.sum(-1)[valid], torch.ones(int(valid.sum())))

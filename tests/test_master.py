@@ -194,3 +194,22 @@ def test_info_command(capsys):
     assert summary["memory"] == {"feature_map": [4, 25], "tokens": 100}
     assert summary["charset_size"] == 94 and summary["gflops_per_image"]["encoder"] > 0
     assert main(["info", "no-such-model"]) == 2
+
+
+def test_fold_batchnorm_keeps_outputs():
+    from masterocr.models.layers import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build("master-tiny")
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        for _ in range(3):
+            model.encode(torch.randn(4, 3, 32, 100))
+    model.eval()
+    images = torch.randn(2, 3, 32, 100)
+    with torch.no_grad():
+        expected = model.encode(images)
+        folded = fold_batchnorm(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded.encode(images), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(build("master-tiny").train())

@@ -64,10 +64,11 @@ class MultiHeadAttention(nn.Module):
         q = self._split(self.q_proj(query))  # (B, h, Tq, D/h)
         if need_weights or tq == 1:
             # Explicit path: gives the weights, and for a single query (a decode step) it is several times
-            # faster than the fused kernel on CPU, in bf16 especially. Softmax in float32.
-            scores = (q @ key.transpose(-2, -1)).float() * (1.0 / math.sqrt(self.head_dim))  # (B, h, Tq, Tk)
+            # faster than the fused kernel on CPU, in bf16 especially. Softmax in float32 at least.
+            scores = q @ key.transpose(-2, -1)  # (B, h, Tq, Tk)
+            scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * (1.0 / math.sqrt(self.head_dim))
             if mask is not None:
-                scores = scores + mask.float()
+                scores = scores + mask.to(scores.dtype)
             weights = scores.softmax(dim=-1)
             out = weights.to(value.dtype) @ value  # (B, h, Tq, D/h)
             mean_weights = weights.mean(dim=1) if need_weights else None  # (B, Tq, Tk)

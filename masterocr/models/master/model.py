@@ -151,7 +151,8 @@ class Master(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) -> memory (B, N, D), N = H/8 * W/4 (row-major)."""
         feats = self.backbone(images)  # (B, C', Hf, Wf)
-        memory = feats.flatten(2).transpose(1, 2)  # (B, N, C')
+        b, c, h, w = feats.shape
+        memory = feats.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, N, C') row-major; a view if channels_last
         if self.memory_proj is not None:
             memory = self.memory_proj(memory)  # (B, N, D)
         memory = self.memory_pos(memory)
