@@ -35,13 +35,18 @@ import random
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
+# Idle OpenMP threads sleep instead of spinning. On a machine whose cores are shared with other processes,
+# spinning threads starve the thread doing the work: measured here, 2 threads were 5-100x slower with the
+# default policy (decoding, made of many small ops, worst). Set before torch loads the OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from masterocr.config import load_config
-from masterocr.decoding import decode_memory
-from masterocr.models import build_model
-from masterocr.models.layers import fold_batchnorm
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from masterocr.config import load_config  # noqa: E402
+from masterocr.decoding import decode_memory  # noqa: E402
+from masterocr.models import build_model  # noqa: E402
+from masterocr.models.layers import fold_batchnorm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTH_FILE = ROOT.parent / "shared" / "data" / "IIIT5K" / "train" / "labels.tsv"
@@ -174,7 +179,7 @@ def main() -> None:
     # The batch-1 word has the mean length (rounded), so latency is that of a typical word.
     lengths[0] = round(sum(k * v for k, v in hist.items()) / sum(hist.values()))
     print(f"torch {torch.__version__}, {args.threads} threads, channels_last={channels_last}, "
-          f"BN folded={not args.no_fold_bn}, "
+          f"BN folded={not args.no_fold_bn}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"word lengths from {source}: batch-1 word has {lengths[0].item()} chars; batch of "
           f"{max(args.batches)}: mean {lengths.float().mean():.2f}, max {lengths.max().item()} chars; "

@@ -244,11 +244,16 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
 
     Without a name, the bundled model is used (an error says how to pass a path when none is bundled).
     """
+    from masterocr.models.layers import fold_batchnorm
     from masterocr.weights import load_model
 
     if name_or_path is None:
         name_or_path = default_model_name()
     model, model_cfg = load_model(name_or_path, device="cpu", use_ema=use_ema)
+    # Inference only: fold BatchNorm into the convs and use channels_last (both measured faster on CPU).
+    model.eval()
+    fold_batchnorm(model)
+    model.to(memory_format=torch.channels_last)
     if keep_aspect is None:
         keep_aspect = stored_keep_aspect(name_or_path)
     return Recognizer(model, model_cfg, device=device, decode_method=decode_method, beam_width=beam_width,

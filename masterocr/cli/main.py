@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Idle OpenMP threads sleep instead of spinning: on shared cores spinning threads starve the working one
+# (measured 5-100x slower with another busy process). Set before torch loads; the user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each module defines `register(subparsers)` adding its command(s) with `func` set as default.
 COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics"]
