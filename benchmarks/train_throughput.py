@@ -31,6 +31,7 @@ import tempfile
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `masterocr` command sets it (see cli/main.py)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

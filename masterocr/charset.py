@@ -186,8 +186,14 @@ class AttentionTokenizer(_Tokenizer):
     def decode(self, probs: torch.Tensor) -> list[Decoded]:
         """probs (B, T, num_classes) -> texts; confidence = product of max probs up to and including EOS."""
         max_probs, ids = probs.float().max(-1)
+        return self.decode_chosen(ids, max_probs)
+
+    def decode_chosen(self, token_ids: torch.Tensor, token_probs: torch.Tensor) -> list[Decoded]:
+        """Chosen tokens (B, T) and their probabilities (B, T) -> texts, stopping at each row's first EOS.
+
+        Beam search needs this form: its chosen token is not always the step's arg-max."""
         results = []
-        for row_ids, row_probs in zip(ids.tolist(), max_probs.tolist()):
+        for row_ids, row_probs in zip(token_ids.tolist(), token_probs.float().tolist()):
             chars, char_probs, conf = [], [], 1.0
             for i, p in zip(row_ids, row_probs):
                 conf *= p

@@ -46,17 +46,7 @@ class DecodeResult:
         EOS included), read from token_ids. Equals tokenizer.decode(probs) for greedy decoding; use this for
         beam search, where the chosen token is not always the step's arg-max."""
         chosen = self.probs.gather(2, self.token_ids.clamp(max=self.probs.shape[2] - 1).unsqueeze(2)).squeeze(2)
-        out = []
-        for ids, probs in zip(self.token_ids.tolist(), chosen.tolist()):
-            chars, char_probs, conf = [], [], 1.0
-            for i, p in zip(ids, probs):
-                conf *= p
-                if i == tokenizer.eos_id:
-                    break
-                chars.append(tokenizer.charset[i - 1] if 1 <= i <= len(tokenizer.charset) else "")
-                char_probs.append(p)
-            out.append(Decoded("".join(chars), char_probs, conf))
-        return out
+        return tokenizer.decode_chosen(self.token_ids, chosen)
 
 
 def _finish(model: nn.Module, feature_size: tuple[int, int], ids: torch.Tensor, probs: torch.Tensor,

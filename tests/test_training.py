@@ -93,9 +93,8 @@ def test_sampler_shards_ranks_disjointly_and_skips_on_resume():
     sizes, weights = [64, 36], [1.0, 1.0]
     ranks = [MixedBatchSampler(sizes, weights, 5, seed=0, rank=r, world_size=3) for r in range(3)]
     assert len({len(r) for r in ranks}) == 1
-    seen = [key for r in ranks for batch in r for key in batch]
-    positions = [key for key in seen]
-    assert len(set(positions)) == len(positions)  # (index, per-sample seed) pairs never repeat across ranks
+    keys = [key for r in ranks for batch in r for key in batch]  # (index, per-sample seed) of every draw
+    assert len(set(keys)) == len(keys) == 3 * len(ranks[0]) * 5  # each epoch position goes to exactly one rank
     full = list(ranks[1])
     ranks[1]._skip_batches = 2
     assert list(ranks[1]) == full[2:]
