@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 from torch import nn
@@ -72,8 +72,10 @@ def _build(model_cfg: dict) -> nn.Module:
 
 # ---- saving ---------------------------------------------------------------------------------------------
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path` (atomic on POSIX)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(file)` on a temporary file in `path`'s folder, fsync it, then rename it over `path`
+    (os.replace is atomic on POSIX): a kill at any moment leaves the old file or the new one, never half."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -81,7 +83,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -89,6 +91,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
 
 
 def model_tensors(state_dict: Mapping[str, torch.Tensor], dtype: str | torch.dtype | None = None
@@ -139,8 +149,10 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], model_cfg: Any, 
         "model_config": json.dumps(cfg, ensure_ascii=False),
         "extra": json.dumps(info["extra"], ensure_ascii=False),
     }
-    _atomic_write_bytes(path, st_save(tensors, metadata=metadata))
-    _atomic_write_bytes(sidecar_path(path), (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode())
+    data = st_save(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
+    text = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
+    atomic_write(sidecar_path(path), lambda f: f.write(text))
     return path
 
 

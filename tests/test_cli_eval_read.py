@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from masterocr.cli.main import main
-from test_recognizer import WORDS, render_word, tiny_weights  # noqa: F401  (session fixture, shared training)
+from conftest import WORDS
+from wordimages import render_word
 
 
 @pytest.fixture

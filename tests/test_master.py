@@ -126,38 +126,19 @@ def test_encode_and_decode_step_export():
             tokens = logits.argmax(-1)
 
 
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-
-
-def render_word(word, font):
-    """Black text on white with a small margin, as a PIL image."""
-    from PIL import Image, ImageDraw
-
-    left, top, right, bottom = font.getbbox(word)
-    img = Image.new("RGB", (right - left + 8, bottom - top + 8), (255, 255, 255))
-    ImageDraw.Draw(img).text((4 - left, 4 - top), word, font=font, fill=(0, 0, 0))
-    return img
-
-
-@pytest.mark.slow
 def test_master_tiny_overfits_64_words():
     """master-tiny learns 64 rendered words to 100% greedy accuracy: ~60 full-batch steps, ~40 s on 1 thread."""
     import random
-    from pathlib import Path
-
-    from PIL import ImageFont
 
     from masterocr.data.image import ImageTransform
     from masterocr.decoding import decode
+    from wordimages import render_word
 
-    if not Path(FONT).is_file():
-        pytest.skip(f"{FONT} is absent")
     rng = random.Random(0)
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
     words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(3, 7))) for _ in range(64)]
-    font = ImageFont.truetype(FONT, 28)
     transform = ImageTransform(32, 100)
-    images = torch.stack([transform(render_word(w, font)) for w in words])  # (64, 3, 32, 100)
+    images = torch.stack([transform(render_word(w)) for w in words])  # (64, 3, 32, 100)
 
     torch.manual_seed(0)
     model = build("master-tiny", img_size="[32,100]", dropout=0.0)

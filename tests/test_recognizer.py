@@ -4,7 +4,6 @@ Until a trained model is bundled, the tests train master-tiny for a few seconds 
 (`trained_tiny`, cached for the whole session and shared with test_cli_eval_read.py).
 """
 
-import functools
 import subprocess
 import sys
 import threading
@@ -12,69 +11,10 @@ import threading
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+from wordimages import render_word
 
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-WORDS = ["cat", "dog", "sun", "tree", "home", "open", "road", "blue"]
-IMG_SIZE = (32, 64)
-
-
-def render_word(word: str, size: int = 28) -> Image.Image:
-    """Black text on white, a little margin around it."""
-    try:
-        font = ImageFont.truetype(FONT, size)
-    except OSError:
-        font = ImageFont.load_default()
-    img = Image.new("RGB", (24 * len(word) + 16, 40), (255, 255, 255))
-    ImageDraw.Draw(img).text((8, 4), word, fill=(0, 0, 0), font=font)
-    return img
-
-
-@functools.lru_cache(maxsize=1)
-def trained_tiny():
-    """(model config dict, state dict): master-tiny (36 chars, 32x64 input) trained until it reads WORDS."""
-    from masterocr.config import load_config, to_dict
-    from masterocr.data.image import ImageTransform
-    from masterocr.decoding import decode
-    from masterocr.models import build_model
-
-    torch.manual_seed(0)
-    cfg = load_config("master-tiny", ["model.charset=36", "model.max_label_length=8",
-                                      f"model.img_size=[{IMG_SIZE[0]},{IMG_SIZE[1]}]", "model.dropout=0.0"])
-    model = build_model(cfg.model)
-    tok = model.tokenizer
-    transform = ImageTransform(*IMG_SIZE)
-    images = torch.stack([transform(render_word(w)) for w in WORDS])  # (8, 3, 32, 64)
-    targets = tok.encode(WORDS)  # (8, 10): BOS word EOS PAD..
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for step in range(300):
-        model.train()
-        logits = model(images, targets[:, :-1])  # (8, 9, num_classes)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1),
-                               ignore_index=tok.pad_id)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 10 == 9:
-            read = [d.text for d in decode(model, images).decoded(tok)]
-            if read == WORDS and step >= 59:  # a few steps past the first full read, for margin
-                break
-    else:
-        raise AssertionError(f"master-tiny did not learn the words: read {read}")
-    model.eval()
-    return to_dict(cfg.model), {k: v.clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    """Path of the trained tiny model saved with save_weights."""
-    from masterocr.weights import save_weights
-
-    model_cfg, state = trained_tiny()
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(state, model_cfg, path)
-    return path
+from conftest import WORDS, trained_tiny
 
 
 @pytest.fixture
@@ -210,7 +150,7 @@ def test_default_model_and_missing_bundle(tiny_weights, tmp_path, monkeypatch):
 def test_attention_figure(rec):
     from masterocr.recognizer import attention_figure, heat_colors
 
-    img = render_word("road")
+    img = render_word("road", margin=12)  # wide enough that the picture reaches past the label column
     r = rec.read(img)
     fig = attention_figure(img, r, rec.img_size, rec.keep_aspect, row_height=48)
     assert fig.mode == "RGB"

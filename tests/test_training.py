@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+from wordimages import word_font
 
 from masterocr.cli.main import main as cli_main
 from masterocr.config import load_config, to_dict
@@ -23,13 +24,12 @@ from masterocr.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["cat", "dog", "sun", "red", "map", "box"]
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
 def render_words(folder: Path, words) -> Path:
     """A labels.tsv folder of black-on-white word images (DejaVu Sans, else Pillow's default font)."""
     (folder / "images").mkdir(parents=True)
-    font = ImageFont.truetype(FONT, 26) if os.path.exists(FONT) else ImageFont.load_default(26)
+    font = word_font(26)
     lines = []
     for i, word in enumerate(words):
         img = Image.new("RGB", (120, 40), "white")

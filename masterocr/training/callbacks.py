@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -14,13 +13,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from masterocr.weights import atomic_write
+
 logger = logging.getLogger(__name__)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,28 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = os.fspath(path)
         if "://" in path:  # remote filesystems: Lightning's own transaction-based writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        try:  # make the rename itself durable
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 class ThroughputMonitor(Callback):
