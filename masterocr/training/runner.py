@@ -272,7 +272,10 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None)
                                "interrupted": trainer.interrupted, "best_score": checkpoints.best_score,
                                "best_step": checkpoints.best_step, "last": checkpoints.last_path}
     if trainer.is_global_zero and not trainer.interrupted:
-        extra = {"global_step": trainer.global_step, "best_val_acc": checkpoints.best_score}
+        # The resize mode is part of how the model must be fed: store it with the weights.
+        keep_aspect = bool(cfg.data.keep_aspect)
+        extra = {"global_step": trainer.global_step, "best_val_acc": checkpoints.best_score,
+                 "keep_aspect": keep_aspect}
         final = module.ema.shadow if module.ema is not None else model.state_dict()
         summary["final_weights"] = str(save_weights(final, cfg.model, output / "weights" / "final.safetensors",
                                                     dtype=str(t.export_dtype), extra=extra))
@@ -283,5 +286,6 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None)
             summary["best_weights"] = str(save_weights(tensors, model_cfg, output / "weights" / "best.safetensors",
                                                        dtype=str(t.export_dtype),
                                                        extra={"global_step": checkpoints.best_step,
-                                                              "val_acc": checkpoints.best_score}))
+                                                              "val_acc": checkpoints.best_score,
+                                                              "keep_aspect": keep_aspect}))
     return summary
