@@ -188,3 +188,20 @@ def test_keep_aspect_from_weights_metadata(tmp_path):
     assert masterocr.load(plain).keep_aspect is False                   # MASTER stretches by default
     assert masterocr.load(marked).keep_aspect is True
     assert masterocr.load(marked, keep_aspect=False).keep_aspect is False  # an explicit choice wins
+
+
+def test_bundled_model_reads_the_examples():
+    """The shipped model reads the README's example images (rendered by our engine, never trained on)."""
+    from pathlib import Path
+
+    import masterocr
+    from masterocr.charset import protocol_36
+    from masterocr.weights import bundled_names
+
+    if "master-small" not in bundled_names():
+        pytest.skip("no bundled master-small")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    rows = [line.split("\t") for line in (examples / "labels.tsv").read_text().splitlines()]
+    results = masterocr.load().read([str(examples / name) for name, _ in rows])
+    correct = sum(protocol_36(r.text) == protocol_36(label) for r, (_, label) in zip(results, rows))
+    assert correct >= len(rows) - 1, [r.text for r in results]
