@@ -259,6 +259,30 @@ def test_config_overrides_and_errors(tmp_path):
         build_config(["not an override"])
 
 
+@needs_dejavu
+def test_naive_preset_draws_black_text_on_white_with_one_font():
+    """The realism check's baseline: a named preset, one font, exactly two colours, no effects."""
+    cfg = build_config("naive")
+    assert all(getattr(cfg.effects, name).p == 0 for name in EFFECT_NAMES) and cfg.max_degradations == 0
+    renderer = Renderer("94", height=32, config="naive")
+    assert len(renderer.fonts.fonts) == 1 and os.path.basename(renderer.fonts.fonts[0].path) == "DejaVuSans.ttf"
+    for i in range(10):
+        image, label = renderer.render(sample_rng(5, i))
+        pixels = np.asarray(image.convert("RGB"), np.int32)
+        assert label and (pixels[0, 0] == 255).all()  # the margin is white
+        assert pixels.min() < 60  # black ink, antialiased at the edges only
+        assert (np.abs(pixels - pixels[:, :, :1]) <= 1).all()  # achromatic: no colour anywhere
+
+
+def test_fixed_colours_are_validated():
+    cfg = build_config(["colours.text_rgb=[200,0,0]", "colours.background_rgb=[0,0,255]"])
+    assert cfg.colours.text_rgb == [200, 0, 0] and cfg.colours.background_rgb == [0, 0, 255]
+    with pytest.raises(ValueError, match="colours.text_rgb"):
+        build_config(["colours.text_rgb=[300,0,0]"])
+    with pytest.raises(ValueError, match="naive"):  # an unknown preset lists the known ones
+        build_config("no-such-preset")
+
+
 def test_text_sources_cover_numbers_dates_prices_and_case():
     charset = load_charset("94")
     sampler = TextSampler(charset, 25)

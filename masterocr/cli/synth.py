@@ -43,7 +43,7 @@ def register(data_subparsers) -> None:
     p.add_argument("--width", type=int,
                    help="resize every image to exactly this width (default: natural width of each word)")
     p.add_argument("--config", action="append", default=[], metavar="FILE|KEY=VALUE",
-                   help="renderer settings: a YAML/JSON file or an override such as effects.blur.p=0.5 "
+                   help="renderer settings: a YAML/JSON file, a preset (naive) or an override such as effects.blur.p=0.5 "
                         "(repeatable, applied in order)")
     p.add_argument("--fonts", action="append", default=[], metavar="PATH",
                    help="font file or folder (repeatable; default: configured or system font folders)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -93,6 +93,10 @@ class ColourConfig:
     # Probability that a background / text colour is achromatic (black/white/grey), as much of signage is.
     grey_p: float = 0.4
     text_grey_p: float = 0.6
+    # Fixed RGB colours (0-255) instead of random ones; null keeps them random. The naive baseline of the
+    # realism comparison (configs/synth-naive.yaml) draws black text on white with these.
+    text_rgb: Optional[list[float]] = None
+    background_rgb: Optional[list[float]] = None
 
 
 @dataclass
@@ -171,6 +175,18 @@ EFFECT_NAMES = tuple(Effects.__dataclass_fields__)
 ConfigSpec = Any  # None | SynthConfig | dict | path | "key=value" | a list of those, applied in order
 
 
+PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "synth")
+
+
+def preset_path(name: str) -> str:
+    """A named preset shipped in masterocr/configs/synth (e.g. "naive")."""
+    return os.path.join(PRESET_DIR, f"{name}.yaml")
+
+
+def presets() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml")) if os.path.isdir(PRESET_DIR) else []
+
+
 def build_config(spec: ConfigSpec = None) -> SynthConfig:
     """Defaults, then each override in `spec` in order (dicts, YAML/JSON files, `key=value` strings).
 
@@ -195,10 +211,13 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
                 update = OmegaConf.create(item)
             elif isinstance(item, (str, os.PathLike)) and os.path.isfile(item):
                 update = OmegaConf.load(item)
+            elif isinstance(item, str) and os.path.isfile(preset_path(item)):
+                update = OmegaConf.load(preset_path(item))
             elif isinstance(item, str) and "=" in item:
                 update = OmegaConf.from_dotlist([item])
             else:
-                raise ValueError(f"synth config {item!r}: not a file, a dict or a key=value override")
+                raise ValueError(f"synth config {item!r}: not a file, a preset ({', '.join(presets())}), "
+                                 "a dict or a key=value override")
             base = OmegaConf.merge(base, update)
         except OmegaConfBaseException as e:
             raise ValueError(f"synth config {item!r}: {e}".split("\n")[0]) from None
@@ -226,6 +245,10 @@ def _validate(cfg: SynthConfig) -> None:
             raise ValueError(f"synth config crop.{name} = {lo_hi}: expected [lo, hi] with lo <= hi")
     if not 0.3 <= cfg.crop.font_size <= 4:
         raise ValueError(f"synth config crop.font_size = {cfg.crop.font_size}: must be in [0.3, 4]")
+    for name in ("text_rgb", "background_rgb"):
+        rgb = getattr(cfg.colours, name)
+        if rgb is not None and (len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb)):
+            raise ValueError(f"synth config colours.{name} = {rgb}: expected three values in [0, 255] or null")
     if cfg.text.random_min_length < 1 or cfg.text.random_max_length < cfg.text.random_min_length:
         raise ValueError("synth config text.random_min_length/random_max_length: need 1 <= min <= max")
 

@@ -232,6 +232,8 @@ class Backgrounds:
                 return patch
             kind = "texture"
         c1 = random_colour(rng, grey_p)
+        if self.colours.background_rgb is not None:
+            c1 = np.asarray(self.colours.background_rgb, np.float32)
         if kind == "solid":
             return np.broadcast_to(c1, (h, w, 3)).copy(), c1
         if kind == "gradient":

@@ -294,6 +294,8 @@ class Renderer:
         cc = cfg.colours
         img, bg_mean = self.backgrounds.sample(rng, H, W)
         fg = fx.contrasting_colour(rng, fx.luminance(bg_mean), cc.min_contrast, cc.text_grey_p)
+        if cc.text_rgb is not None:
+            fg = np.asarray(cc.text_rgb, np.float32)
         fg_lum = fx.luminance(fg)
         band = 1
         bands = {}
