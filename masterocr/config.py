@@ -40,11 +40,27 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) 
         if not base_path.is_file():
             base_path = resolve_config_path(base)
         cfg = OmegaConf.merge(load_config(base_path), cfg)
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ValueError(f"override {bad[0]!r} must look like key=value (e.g. train.lr=1e-4)")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """Apply `key=value` overrides in order. Values are parsed as YAML; dict values merge into dicts, and keys
+    may index into lists (`data.train.0.weight=0.5`)."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            parent = OmegaConf.select(cfg, ".".join(parts[:depth]))
+            if parent is not None and not OmegaConf.is_config(parent):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth])} is a value ({parent!r}), "
+                                 "not a section")
+        value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)  # the value, parsed by YAML rules
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except Exception as e:  # e.g. an index past a list's end, or a key below a plain value
+            raise ValueError(f"override {item!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     return cfg
 
 

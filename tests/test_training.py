@@ -274,6 +274,18 @@ def test_atomic_checkpoint_write_never_leaves_a_broken_file(tmp_path):
 
 # ---- end to end --------------------------------------------------------------------------------------------
 
+def test_overrides_parse_yaml_merge_sections_and_index_lists():
+    cfg = load_config("synth-only-tiny", ["data.train.0.synthetic.config=naive", "train.lr=1e-3",
+                                          "model.img_size=[48,160]", "data.train.0.synthetic={seed: 3}"])
+    assert cfg.data.train[0].synthetic.config == "naive" and cfg.data.train[0].synthetic.seed == 3
+    assert cfg.data.train[0].synthetic.length == 10_000_000  # a dict value merges, it does not replace
+    assert cfg.train.lr == 1e-3 and list(cfg.model.img_size) == [48, 160]
+    for bad, message in [("data.train.5.weight=1", "index"), ("train.lr.x=1", "train.lr is a value"),
+                         ("nokey", "key=value")]:
+        with pytest.raises(ValueError, match=message):
+            load_config("synth-only-tiny", [bad])
+
+
 def test_cli_rejects_unknown_train_keys(tmp_path, capsys, words_dir):
     cfg = tiny_config(tmp_path, words_dir)
     assert cli_main(["train", "--config", str(cfg), "train.learning_rate=1", "--output", str(tmp_path / "r")]) == 2

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from masterocr.config import load_config, to_dict
+from masterocr.config import apply_overrides, load_config, to_dict
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -122,12 +122,7 @@ def resolve_run_config(config: str | None, overrides: Sequence[str] = (), resume
         if config:
             logger.warning("--resume: using the config saved in %s; --config %s is ignored (overrides apply)",
                            resume, config)
-        cfg = OmegaConf.create(read_checkpoint_config(resume))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ValueError(f"override {bad[0]!r} must look like key=value (e.g. train.max_steps=20000)")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = apply_overrides(OmegaConf.create(read_checkpoint_config(resume)), overrides)
     else:
         if not config:
             raise ValueError("--config is required (a config name such as master-small, or a YAML file)")
