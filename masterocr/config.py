@@ -15,19 +15,30 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def shipped_names(folder: Path, suffix: str) -> list[str]:
+    """Names of the files `<name><suffix>` shipped in one of the package's folders."""
+    return sorted(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}")) if folder.is_dir() else []
+
+
+def resolve_shipped(name_or_path: str | os.PathLike, folder: Path, suffix: str, what: str) -> Path:
+    """An existing file, or the name of one shipped in `folder`. Raises FileNotFoundError naming the input."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = folder / f"{name_or_path}{suffix}"
+    if named.is_file():
+        return named
+    raise FileNotFoundError(f"{what} {str(name_or_path)!r}: not a file and not one of the shipped names "
+                            f"({', '.join(shipped_names(folder, suffix)) or 'none'})")
+
+
 def config_names() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return shipped_names(CONFIG_DIR, ".yaml")
 
 
 def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     """A path to a YAML file, or the name of a config shipped in masterocr/configs/."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    named = CONFIG_DIR / f"{name_or_path}.yaml"
-    if named.is_file():
-        return named
-    raise FileNotFoundError(f"config {name_or_path!r}: not a file and not one of {config_names()}")
+    return resolve_shipped(name_or_path, CONFIG_DIR, ".yaml", "config")
 
 
 def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:

@@ -22,6 +22,7 @@ from torch import nn
 
 from masterocr import __version__
 from masterocr.charset import load_charset
+from masterocr.config import resolve_shipped, shipped_names
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT_NAME = "masterocr"
@@ -164,21 +165,12 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 def bundled_names() -> list[str]:
     """Names of weights shipped in masterocr/weights/ (usable as `load_model("<name>")`)."""
-    if not BUNDLED_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+    return shipped_names(BUNDLED_DIR, ".safetensors")
 
 
 def resolve_weights_path(name_or_path: str | os.PathLike) -> Path:
     """An existing file, or the name of bundled weights. Raises FileNotFoundError naming the input."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    bundled = BUNDLED_DIR / f"{name_or_path}.safetensors"
-    if bundled.is_file():
-        return bundled
-    raise FileNotFoundError(
-        f"weights {str(name_or_path)!r}: not a file and not a bundled name (bundled: {bundled_names() or 'none'})")
+    return resolve_shipped(name_or_path, BUNDLED_DIR, ".safetensors", "weights")
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from masterocr.config import shipped_names
 
 
 @dataclass
@@ -175,16 +178,12 @@ EFFECT_NAMES = tuple(Effects.__dataclass_fields__)
 ConfigSpec = Any  # None | SynthConfig | dict | path | "key=value" | a list of those, applied in order
 
 
-PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "synth")
-
-
-def preset_path(name: str) -> str:
-    """A named preset shipped in masterocr/configs/synth (e.g. "naive")."""
-    return os.path.join(PRESET_DIR, f"{name}.yaml")
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "synth"
 
 
 def presets() -> list[str]:
-    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml")) if os.path.isdir(PRESET_DIR) else []
+    """Named renderer settings shipped in masterocr/configs/synth (e.g. "naive")."""
+    return shipped_names(PRESET_DIR, ".yaml")
 
 
 def build_config(spec: ConfigSpec = None) -> SynthConfig:
@@ -211,8 +210,8 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
                 update = OmegaConf.create(item)
             elif isinstance(item, (str, os.PathLike)) and os.path.isfile(item):
                 update = OmegaConf.load(item)
-            elif isinstance(item, str) and os.path.isfile(preset_path(item)):
-                update = OmegaConf.load(preset_path(item))
+            elif isinstance(item, str) and item in presets():
+                update = OmegaConf.load(PRESET_DIR / f"{item}.yaml")
             elif isinstance(item, str) and "=" in item:
                 update = OmegaConf.from_dotlist([item])
             else:
