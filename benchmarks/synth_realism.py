@@ -8,6 +8,8 @@ benchmark crops (36-character protocol, the same evaluation path as `masterocr e
     naive         the `naive` preset of the same engine: same words, black text on white, DejaVu Sans only,
                   fixed margins, no effects (what a plain PIL renderer gives)
     engine-noctc  our engine without the auxiliary CTC loss (the joint CTC-attention ablation)
+    naive-augment the naive preset plus the training pipeline's RandAugment (`data.augment=parseq`): can
+                  generic image augmentation stand in for the engine's appearance model?
 
 A variant whose run folder already holds checkpoints/last.ckpt is not retrained (delete it to retrain).
 Runs take ~25 min each for 3,000 steps on one core of the 2-core development machine.
@@ -37,6 +39,7 @@ VARIANTS = {
     "engine": [],
     "naive": ["data.train.0.synthetic.config=naive"],
     "engine-noctc": ["train.aux_ctc_weight=0"],
+    "naive-augment": ["data.train.0.synthetic.config=naive", "data.augment=parseq"],
 }
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
