@@ -70,7 +70,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfi
         value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)  # the value, parsed by YAML rules
         try:
             OmegaConf.update(cfg, key, value, merge=True)
-        except Exception as e:  # e.g. an index past a list's end, or a key below a plain value
+        except Exception as e:  # e.g. an index past a list's end
             raise ValueError(f"override {item!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     return cfg
 

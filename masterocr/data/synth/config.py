@@ -97,7 +97,7 @@ class ColourConfig:
     grey_p: float = 0.4
     text_grey_p: float = 0.6
     # Fixed RGB colours (0-255) instead of random ones; null keeps them random. The naive baseline of the
-    # realism comparison (configs/synth-naive.yaml) draws black text on white with these.
+    # realism comparison (configs/synth/naive.yaml) draws black text on white with these.
     text_rgb: Optional[list[float]] = None
     background_rgb: Optional[list[float]] = None
 

@@ -231,7 +231,7 @@ class Backgrounds:
             if patch is not None:
                 return patch
             kind = "texture"
-        c1 = random_colour(rng, grey_p)
+        c1 = random_colour(rng, grey_p)  # drawn even when fixed: fixing a colour changes nothing else
         if self.colours.background_rgb is not None:
             c1 = np.asarray(self.colours.background_rgb, np.float32)
         if kind == "solid":
