@@ -23,7 +23,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# ---- a small model trained once per session, for the API / CLI tests until a bundled model exists --------
+# ---- a small model trained once per session, for the API / CLI tests (they need a model they control) ---
 
 WORDS = ["cat", "dog", "sun", "tree", "home", "open", "road", "blue"]
 IMG_SIZE = (32, 64)
@@ -73,5 +73,3 @@ def tiny_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_weights(state, model_cfg, path)
     return path
-
-

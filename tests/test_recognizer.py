@@ -1,7 +1,7 @@
 """The Python API: load a small model trained here, read paths / PIL / NumPy / lists, attention, threads.
 
-Until a trained model is bundled, the tests train master-tiny for a few seconds on rendered words
-(`trained_tiny`, cached for the whole session and shared with test_cli_eval_read.py).
+The tests train master-tiny for a few seconds on rendered words (`trained_tiny` in conftest.py, cached for
+the session), so they control exactly what the model can read; the bundled model has its own test below.
 """
 
 import subprocess
