@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -247,6 +248,21 @@ def test_aux_ctc_adds_a_term_and_stays_out_of_the_model(tiny_model_cfg):
     assert total.item() == pytest.approx(ce.item() + 0.5 * parts["ctc"].item(), rel=1e-5)
     assert not any(k.startswith("aux_ctc") for k in joint.model.state_dict())  # not in distribution weights
     assert any(k.startswith("aux_ctc") for k in joint.state_dict())
+
+
+def test_empty_batch_is_skipped_alone_and_zero_under_ddp(tiny_model_cfg):
+    """A batch whose every image failed to decode: skipped on one process; under DDP a zero loss that still
+    gives every parameter a (zero) gradient, so the other ranks' all-reduce does not wait forever."""
+    module = _module(tiny_model_cfg, aux_ctc_weight=0.5)
+    empty = (torch.zeros(0, 3, 32, 96), [], [])
+    module._trainer = SimpleNamespace(world_size=1)
+    assert module.training_step(empty, 0) is None
+    module._trainer = SimpleNamespace(world_size=2)
+    loss = module.training_step(empty, 0)
+    loss.backward()
+    assert loss.item() == 0.0
+    params = [p for p in module.parameters() if p.requires_grad]
+    assert params and all(p.grad is not None and not p.grad.any() for p in params)
 
 
 def test_charset_protocol_and_sample_sheet():

@@ -209,7 +209,7 @@ class RecognitionModule(LightningModule):
         images, labels, _ = batch
         if not labels:
             logger.warning("training batch %d held no readable image; skipped", batch_idx)
-            return None
+            return self._empty_batch_loss() if self.trainer.world_size > 1 else None
         loss, parts = self.compute_loss(images, labels)
         bs = len(labels)
         self.log("loss", loss.detach(), prog_bar=True, batch_size=bs)
@@ -217,6 +217,11 @@ class RecognitionModule(LightningModule):
             self.log(f"train/{name}", value, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
         return loss
+
+    def _empty_batch_loss(self) -> torch.Tensor:
+        """A zero loss that reaches every trainable parameter. Under DDP each rank must run backward so the
+        gradient all-reduce sees every parameter; a rank that skipped its step would hang the others."""
+        return sum((p.sum() for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device)) * 0.0
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None and self.global_step != self._ema_step:  # once per optimiser step

@@ -240,6 +240,9 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None)
     # With channels_last, the 1x1 GC-fusion convolutions on (B, C, 1, 1) maps get gradients whose strides differ
     # from their weights' only in size-1 dimensions (the same memory layout); DDP warns about it each step.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    # Lightning 2.6's own pytree helper builds torch's deprecated LeafSpec; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     pl.seed_everything(int(t.seed), workers=False, verbose=False)  # data randomness is seeded per sample
     if dev["accelerator"] == "gpu":
         torch.set_float32_matmul_precision("high")
