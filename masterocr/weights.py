@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -258,6 +258,33 @@ def read_weights(name_or_path: str | os.PathLike, use_ema: bool = True) -> tuple
         tensors, model_cfg, _ = read_checkpoint(path, use_ema=use_ema)
         return tensors, model_cfg
     raise WeightsError(f"{path}: unknown weights format (expected .safetensors or .ckpt)")
+
+
+def average_weights(sources: Sequence[str | os.PathLike], use_ema: bool = True
+                    ) -> tuple[dict[str, torch.Tensor], dict]:
+    """(mean tensors, model config) of several weights of one model: a uniform "soup" of runs that started
+    from the same weights, or of one run's last checkpoints. Floating tensors are averaged in fp64; integer
+    buffers are taken from the first source. Raises WeightsError naming the source that does not match."""
+    if len(sources) < 2:
+        raise ValueError(f"averaging needs at least two weights, got {len(sources)}")
+    first, cfg = read_weights(sources[0], use_ema)
+    reference = resolve_model_config(cfg)
+    sums = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
+    for source in sources[1:]:
+        tensors, other = read_weights(source, use_ema)
+        if resolve_model_config(other) != reference:
+            changed = sorted(k for k in set(reference) | set(other) if reference.get(k) != other.get(k))
+            raise WeightsError(f"{source}: model config differs from {sources[0]} in {', '.join(changed)}")
+        if tensors.keys() != sums.keys():
+            raise WeightsError(f"{source}: holds other tensors than {sources[0]}")
+        for key, value in tensors.items():
+            if value.shape != sums[key].shape:
+                raise WeightsError(f"{source}: {key} has shape {tuple(value.shape)}, "
+                                   f"{sources[0]} has {tuple(sums[key].shape)}")
+            if value.is_floating_point():
+                sums[key] += value.double()
+    n = len(sources)
+    return {k: (v / n).float() if v.is_floating_point() else v for k, v in sums.items()}, cfg
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",

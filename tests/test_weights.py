@@ -164,3 +164,33 @@ def test_finetune_rejects_another_architecture(model_and_cfg, tmp_path):
     other = build_model(tiny_cfg(ffn_dim=256))
     with pytest.raises(W.WeightsError, match="shape"):
         W.load_for_finetune(other, path)
+
+
+def test_average_is_the_mean_and_refuses_another_model(tmp_path, capsys):
+    from masterocr.cli.main import main as cli_main
+
+    cfg = tiny_cfg()
+    paths = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        paths.append(W.save_weights(build_model(cfg), cfg, tmp_path / f"m{seed}.safetensors",
+                                    extra={"keep_aspect": True}))
+    out = tmp_path / "soup.safetensors"
+    assert cli_main(["average", *map(str, paths), "--output", str(out), "--note", "three seeds"]) == 0
+    soup, soup_cfg = W.read_weights(out)
+    parts = [W.read_weights(p)[0] for p in paths]
+    assert soup_cfg == W.read_weights(paths[0])[1]
+    for key, value in soup.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, sum(p[key] for p in parts) / 3, atol=1e-6), key
+        else:
+            assert torch.equal(value, parts[0][key]), key
+    extra = json.loads(W.sidecar_path(out).read_text())["extra"]
+    assert extra["keep_aspect"] is True and extra["note"] == "three seeds" and len(extra["averaged_from"]) == 3
+
+    other_cfg = tiny_cfg("abcdefg")
+    other = W.save_weights(build_model(other_cfg), other_cfg, tmp_path / "other.safetensors")
+    assert cli_main(["average", str(paths[0]), str(other), "--output", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "other.safetensors" in err and "charset" in err
+    assert not (tmp_path / "bad.safetensors").exists()
