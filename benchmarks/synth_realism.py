@@ -10,6 +10,12 @@ benchmark crops (36-character protocol, the same evaluation path as `masterocr e
     engine-noctc  our engine without the auxiliary CTC loss (the joint CTC-attention ablation)
     naive-augment the naive preset plus the training pipeline's RandAugment (`data.augment=parseq`): can
                   generic image augmentation stand in for the engine's appearance model?
+    engine-short-first  our engine with short words first: synthetic labels capped at 3 characters at step
+                  0, the cap growing linearly to 25 by step 1,000 (`data.short_words_first`)
+    engine-nowarmup     our engine without the 200 learning-rate warm-up steps (`train.warmup=0`)
+
+The last column is the validation accuracy on IIIT5K/train (a training split, allowed for validation) every
+500 steps: how soon each variant starts to read.
 
 A variant whose run folder already holds checkpoints/last.ckpt is not retrained (delete it to retrain).
 Runs take ~25 min each for 3,000 steps on one core of the 2-core development machine.
@@ -21,6 +27,7 @@ Runs take ~25 min each for 3,000 steps on one core of the 2-core development mac
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -40,6 +47,8 @@ VARIANTS = {
     "naive": ["data.train.0.synthetic.config=naive"],
     "engine-noctc": ["train.aux_ctc_weight=0"],
     "naive-augment": ["data.train.0.synthetic.config=naive", "data.augment=parseq"],
+    "engine-short-first": ["data.short_words_first={steps: 1000, start_length: 3}"],
+    "engine-nowarmup": ["train.warmup=0"],
 }
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -59,6 +68,16 @@ def samples_seen(ckpt: Path) -> tuple[int, int]:
     return step, step * int(train_cfg["batch_size"]) * int(train_cfg["accumulate_grad_batches"])
 
 
+def val_curve(run_dir: Path) -> str:
+    """Validation word accuracy of the run at each validation, from its CSV log: "0.2 / 13.1 / ..."."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.exists():
+        return "-"
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    return " / ".join(f"{float(r['val/acc']):.1f}" for r in sorted(rows, key=lambda r: int(r["step"])))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -73,6 +92,7 @@ def main() -> None:
     header = ["variant", "steps", "samples"]
     for name, _ in benchmarks:
         header += [f"{name} acc", f"{name} 1-NED"]
+    header.append("val acc every 500 steps")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in args.variants:
         run_dir = Path(args.runs) / f"synth-{variant}"
@@ -85,6 +105,7 @@ def main() -> None:
         cells = [variant, str(step), f"{seen:,}"]
         for row in result.rows:
             cells += [f"{100 * row.accuracy:.2f}", f"{100 * row.one_minus_ned:.2f}"]
+        cells.append(val_curve(run_dir))
         lines.append("| " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print("\nWord accuracy and 1-NED (%), protocol 36, final checkpoints:\n")

@@ -297,6 +297,22 @@ def test_text_sources_cover_numbers_dates_prices_and_case():
     assert all(text.lower() == label for text, label in pairs)
 
 
+def test_length_cap_draws_short_whole_texts_and_leaves_uncapped_draws_alone():
+    sampler = TextSampler(load_charset("94"), 25)
+    # No cap, or the full cap, follows the same random path as before the curriculum existed.
+    assert [sampler.sample(sample_rng(4, i)) for i in range(50)] == \
+        [sampler.sample(sample_rng(4, i), max_length=25) for i in range(50)]
+    for cap in (1, 3, 5):
+        pairs = [sampler.sample(sample_rng(5, i), max_length=cap) for i in range(150)]
+        assert all(1 <= len(label) <= cap for _, label in pairs)
+        lengths = {len(label) for _, label in pairs}
+        assert len(lengths) == cap or cap == 1  # every length up to the cap occurs
+    # Short words are redrawn, not cut: capped dictionary words are still words of the list.
+    words = set(sampler.words)
+    capped = [text for text, _ in (sampler.sample(sample_rng(6, i), max_length=4) for i in range(300))]
+    assert sum(t in words for t in capped) >= 30
+
+
 def test_corpus_source(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Kaffee und Kuchen\nZimmer frei\n", encoding="utf-8")
@@ -364,6 +380,19 @@ def test_mixes_with_other_datasets_in_a_batch(tmp_path, dejavu_fonts94):
     images, labels, names = next(iter(loader))
     assert images.shape == (9, 3, 32, 100) and len(labels) == 9
     assert names[0] == "synth:0:0" and names[-1].endswith(":3")
+
+
+@needs_dejavu
+def test_capped_samples_in_the_training_mix(tmp_path, dejavu_fonts94):
+    from masterocr.training.data import MixedDataset
+
+    transform = ImageTransform(32, 100)
+    synth = SyntheticDataset("94", transform=transform, seed=0, fonts=dejavu_fonts94, length=50)
+    mix = MixedDataset([synth], ["synthetic"])
+    for i in range(20):
+        image, label, name = mix[(i, 7, 3)]
+        assert 1 <= len(label) <= 3 and image.shape == (3, 32, 100) and name == f"synth:0:{i}"
+    assert mix[(5, 7)][1] == synth[5][1]  # no cap: the sample itself
 
 
 # ---- other scripts ----------------------------------------------------------------------------------------

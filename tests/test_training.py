@@ -18,7 +18,7 @@ from masterocr.cli.main import main as cli_main
 from masterocr.config import load_config, to_dict
 from masterocr.models import build_model
 from masterocr.training.callbacks import AtomicCheckpointIO
-from masterocr.training.data import MixedBatchSampler, ResumableLoader, ShardSampler, sample_seed
+from masterocr.training.data import MixedBatchSampler, ResumableLoader, ShardSampler, ShortWordsFirst, sample_seed
 from masterocr.training.module import RecognitionModule, charset_protocol, sample_sheet
 from masterocr.training.optim import EMA, build_scheduler, scaled_lr, warmup_cosine
 from masterocr.weights import load_model
@@ -100,6 +100,39 @@ def test_sampler_shards_ranks_disjointly_and_skips_on_resume():
     ranks[1]._skip_batches = 2
     assert list(ranks[1]) == full[2:]
     assert list(ranks[1]) == full  # the skip applies to one iteration only
+
+
+def test_short_words_first_caps_early_batches_across_epochs():
+    cap = ShortWordsFirst(batches=10, start_length=3, max_length=25)
+    caps = [cap(b) for b in range(12)]
+    assert caps[0] == 3 and caps[10:] == [None, None]
+    assert all(a <= b for a, b in zip(caps[:10], caps[1:10])) and caps[9] < 25
+    with pytest.raises(ValueError, match="start_length"):
+        ShortWordsFirst(10, 0, 25)
+    sizes, weights = [40], [1.0]
+    plain = MixedBatchSampler(sizes, weights, 4, seed=1)  # 10 batches per epoch
+    capped = MixedBatchSampler(sizes, weights, 4, seed=1, length_cap=ShortWordsFirst(15, 3, 25))
+    assert [[k[:2] for k in b] for b in capped] == list(plain)  # same draws, cap added to the keys
+    assert {len(k) for b in capped for k in b} == {3}
+    capped.set_epoch(1)  # batches 10..19 of the run: capped until batch 15
+    batches = list(capped)
+    assert [len(b[0]) for b in batches] == [3] * 5 + [2] * 5
+    assert batches[0][0][2] == cap.start + (25 - 3) * 10 // 15
+
+
+def test_short_words_first_config():
+    from masterocr.training.data import RecognitionData
+
+    tokenizer = SimpleNamespace(charset="abc", max_length=25)
+
+    def cap_of(data_cfg, **train):
+        return RecognitionData({"data": data_cfg, "train": train}, tokenizer, (32, 100)).length_cap()
+
+    assert cap_of({}) is None and cap_of({"short_words_first": {"steps": 0}}) is None
+    cap = cap_of({"short_words_first": {"steps": 100, "start_length": 2}}, accumulate_grad_batches=2)
+    assert (cap.batches, cap.start, cap.max_length) == (200, 2, 25)  # optimizer steps -> batches
+    with pytest.raises(ValueError, match="data.short_words_first: unknown key"):
+        cap_of({"short_words_first": {"step": 100}})
 
 
 def test_loader_state_moves_to_next_epoch_at_epoch_end():

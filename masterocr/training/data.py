@@ -15,6 +15,7 @@ equal length; the padding is marked and left out of the metrics, so results are 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import random
@@ -70,7 +71,9 @@ def _in_worker() -> bool:
 
 
 class MixedDataset(Dataset):
-    """Several sources behind one index; items are fetched with keys (global index, sample seed)."""
+    """Several sources behind one index; items are fetched with keys (global index, sample seed) or
+    (global index, sample seed, label-length cap): the cap reaches sources that can honour it (the synthetic
+    renderer draws a shorter word); real crops are read as they are."""
 
     def __init__(self, sources: Sequence[Dataset], names: Sequence[str]):
         self.concat = ConcatDataset(list(sources))
@@ -81,10 +84,31 @@ class MixedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.concat)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
+    def __getitem__(self, key: tuple[int, ...]):
+        index, seed, *cap = key
         with seeded_randomness(seed, restore=not _in_worker()):
+            if cap:
+                i = bisect.bisect_right(self.concat.cumulative_sizes, index)
+                source = self.concat.datasets[i]
+                if hasattr(source, "get_capped"):
+                    return source.get_capped(index - self.offsets[i], max_length=cap[0])
             return self.concat[index]
+
+
+class ShortWordsFirst:
+    """A label-length cap that grows linearly from `start_length` at batch 0 to `max_length` at batch
+    `batches` (a curriculum for attention decoders, which learn to align on short words first); None after."""
+
+    def __init__(self, batches: int, start_length: int, max_length: int):
+        if batches < 0 or start_length < 1:
+            raise ValueError(f"short_words_first: steps ({batches}) must be >= 0 and start_length "
+                             f"({start_length}) >= 1")
+        self.batches, self.start, self.max_length = int(batches), int(start_length), int(max_length)
+
+    def __call__(self, batch: int) -> int | None:
+        if batch >= self.batches or self.start >= self.max_length:
+            return None
+        return self.start + (self.max_length - self.start) * batch // self.batches
 
 
 class _EpochRelay:
@@ -102,11 +126,14 @@ class MixedBatchSampler(Sampler[list]):
     """Batches of (global index, sample seed) for one rank; the order is a pure function of (seed, epoch).
 
     weights: one non-negative number per source (its share of the draws). epoch_size: draws per epoch over
-    all ranks (default: the total number of samples). Incomplete last batches are dropped.
+    all ranks (default: the total number of samples). Incomplete last batches are dropped. length_cap: batch
+    number since the start of training -> label-length cap or None (ShortWordsFirst); a cap is added to the
+    keys of that batch.
     """
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, seed: int,
-                 epoch_size: int | None = None, rank: int = 0, world_size: int = 1):
+                 epoch_size: int | None = None, rank: int = 0, world_size: int = 1,
+                 length_cap: Callable[[int], int | None] | None = None):
         if len(sizes) != len(weights) or not sizes:
             raise ValueError("one weight per training source is needed")
         if any(w < 0 for w in weights) or not any(w > 0 and n > 0 for w, n in zip(weights, sizes)):
@@ -121,6 +148,7 @@ class MixedBatchSampler(Sampler[list]):
         self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch_size = int(epoch_size) if epoch_size else sum(self.sizes)
+        self.length_cap = length_cap
         self.epoch = 0
         self._skip_batches = 0  # batches of the next iteration already consumed (set on resume)
         self.sampler = _EpochRelay(self)
@@ -168,7 +196,9 @@ class MixedBatchSampler(Sampler[list]):
     def _batches(self, draws, positions, epoch, skip):
         for b in range(skip, len(self)):
             pos = positions[b * self.batch_size:(b + 1) * self.batch_size].tolist()
-            yield [(int(draws[p]), sample_seed(self.seed, epoch, p)) for p in pos]
+            cap = self.length_cap(epoch * len(self) + b) if self.length_cap else None
+            extra = () if cap is None else (cap,)
+            yield [(int(draws[p]), sample_seed(self.seed, epoch, p), *extra) for p in pos]
 
 
 class ResumableLoader(DataLoader):
@@ -262,7 +292,9 @@ class RecognitionData(LightningDataModule):
     data.train: list of sources, each {path: str | [str], weight: float} for LMDB dirs/trees and label-file
     folders, or {synthetic: {length, seed, config, fonts}, weight} for the synthetic renderer.
     data.val: list of {name, path}. Other keys: augment (preset name, mapping or none), keep_aspect,
-    epoch_size, num_workers ("auto" or a number), remove_whitespace.
+    epoch_size, num_workers ("auto" or a number), remove_whitespace, short_words_first ({steps,
+    start_length}: synthetic labels capped at start_length, growing to the full length over `steps` optimizer
+    steps).
     """
 
     def __init__(self, config: Mapping[str, Any], tokenizer, img_size: Sequence[int], in_channels: int = 3):
@@ -345,6 +377,18 @@ class RecognitionData(LightningDataModule):
 
     # ---- loaders ---------------------------------------------------------------------------------------
 
+    def length_cap(self) -> ShortWordsFirst | None:
+        """data.short_words_first {steps, start_length} as a per-batch cap; steps count optimizer steps."""
+        cfg = self.data_cfg.get("short_words_first")
+        if not cfg:
+            return None
+        cfg = dict(cfg)
+        unknown = sorted(set(cfg) - {"steps", "start_length"})
+        if unknown:
+            raise ValueError(f"data.short_words_first: unknown key(s) {unknown}; use steps, start_length")
+        batches = int(cfg.get("steps", 0)) * int(self.train_cfg.get("accumulate_grad_batches", 1))
+        return ShortWordsFirst(batches, int(cfg.get("start_length", 3)), self.max_length) if batches else None
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -373,7 +417,7 @@ class RecognitionData(LightningDataModule):
         assert self.train_set is not None, "setup('fit') first"
         rank, world = self._rank_world()
         sampler = MixedBatchSampler(self.train_set.sizes, self.train_weights, self.batch_size, self.seed,
-                                    self.data_cfg.get("epoch_size"), rank, world)
+                                    self.data_cfg.get("epoch_size"), rank, world, self.length_cap())
         # A dedicated generator: creating loader iterators never draws from the global RNG (exact resume).
         return ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=collate,
                                generator=torch.Generator().manual_seed(self.seed),

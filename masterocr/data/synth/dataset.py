@@ -53,9 +53,10 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def render(self, index: int) -> tuple[Image.Image, str]:
-        """-> (RGB PIL image at the render height and natural width, label) of sample `index`."""
-        return self.renderer.render(sample_rng(self.seed, int(index)))
+    def render(self, index: int, max_length: int | None = None) -> tuple[Image.Image, str]:
+        """-> (RGB PIL image at the render height and natural width, label) of sample `index`; max_length
+        lowers the label-length cap for this sample (a short-words-first curriculum)."""
+        return self.renderer.render(sample_rng(self.seed, int(index)), max_length)
 
     def name(self, index: int) -> str:
         return f"{self.source}:{int(index)}"
@@ -66,7 +67,11 @@ class SyntheticDataset(Dataset):
                 f"charset of {len(r.charset)}, {len(r.fonts)} fonts)")
 
     def __getitem__(self, index: int):
-        image, label = self.render(index)
+        return self.get_capped(index)
+
+    def get_capped(self, index: int, max_length: int | None = None):
+        """dataset[index], with an optional lower label-length cap (see render)."""
+        image, label = self.render(index, max_length)
         if self.transform is not None:
             image = self.transform(image)
         return image, label, self.name(index)

@@ -103,17 +103,17 @@ class Renderer:
         return self.fonts.preload(self.text.render_chars, self.font_size)
 
     # ---- text and font ------------------------------------------------------------------------------------
-    def _text_and_font(self, rng: np.random.Generator) -> tuple[str, str, int]:
+    def _text_and_font(self, rng: np.random.Generator, max_length: int | None = None) -> tuple[str, str, int]:
         for _ in range(8):
-            text, label = self.text.sample(rng)
+            text, label = self.text.sample(rng, max_length=max_length)
             font = self.fonts.choose(text, rng)
             if font is not None:
                 return text, label, font
         # Nothing drawable came up: a random string over the characters of one font.
         font = self.fonts.sample(rng)
         chars = [c for c in self._fallback_chars if c in self.fonts.fonts[font].coverage]
-        n = int(rng.integers(1, min(8, self.max_length) + 1))
-        result = self.text.finish("".join(chars[j] for j in rng.integers(len(chars), size=n)))
+        n = int(rng.integers(1, min(8, self.text.limit(max_length)) + 1))
+        result = self.text.finish("".join(chars[j] for j in rng.integers(len(chars), size=n)), max_length)
         if result is None:  # only possible with a pathological charset; keep it explicit
             raise RuntimeError("cannot draw a renderable label")
         return result[0], result[1], font
@@ -184,10 +184,11 @@ class Renderer:
         return out
 
     # ---- the whole sample ---------------------------------------------------------------------------------
-    def render(self, rng: np.random.Generator) -> tuple[Image.Image, str]:
-        """-> (RGB image of height self.height and natural width, label)."""
+    def render(self, rng: np.random.Generator, max_length: int | None = None) -> tuple[Image.Image, str]:
+        """-> (RGB image of height self.height and natural width, label); max_length: a lower label-length cap
+        for this sample (short words first), default self.max_length."""
         cfg, eff, H = self.config, self.config.effects, self.height
-        text, label, font = self._text_and_font(rng)
+        text, label, font = self._text_and_font(rng, max_length)
         size = self.font_size
         placed, baseline = self._layout(text, font, size, rng)
         if fx.active(eff.curve, rng) and len(placed) >= 4:

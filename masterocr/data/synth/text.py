@@ -151,27 +151,40 @@ class TextSampler:
         return names, p / p.sum()
 
     # ---- drawing ------------------------------------------------------------------------------------------
-    def sample(self, rng: np.random.Generator, tries: int = 20) -> tuple[str, str]:
-        """-> (text to render, label). Falls back to a random string if a source keeps failing."""
+    def sample(self, rng: np.random.Generator, tries: int = 20, max_length: int | None = None) -> tuple[str, str]:
+        """-> (text to render, label). Falls back to a random string if a source keeps failing.
+
+        max_length below self.max_length (a short-words-first curriculum) redraws longer texts, so short
+        whole words come out rather than cut ones; only if every try is too long is the last one cut."""
+        limit = self.limit(max_length)
+        tries = tries if limit == self.max_length else max(tries, 60)  # short texts are a minority of draws
+        too_long = None
         for _ in range(tries):
             source = self.sources[pick(rng, self._source_cum)]
             text = getattr(self, _MAKERS[source])(rng)
             result = self.finish(text)
-            if result is not None:
+            if result is not None and len(result[1]) <= limit:
                 return result
-        result = self.finish(self._random(rng))
+            too_long = result or too_long
+        result = self.finish(too_long[0], limit) if too_long else None
+        result = result or self.finish(self._random(rng), limit)
         if result is None:  # cannot happen for a non-empty charset; keep the failure explicit
             raise RuntimeError(f"cannot draw a label over charset {self.charset[:20]!r}")
         return result
 
-    def finish(self, text: str) -> tuple[str, str] | None:
+    def limit(self, max_length: int | None) -> int:
+        """The label-length cap for one draw: self.max_length, or a lower curriculum cap (at least 1)."""
+        return self.max_length if max_length is None else max(1, min(int(max_length), self.max_length))
+
+    def finish(self, text: str, max_length: int | None = None) -> tuple[str, str] | None:
         """Drop characters that cannot be shown, cap the length, and derive the label; None if empty."""
+        limit = self.limit(max_length)
         text = "".join(c for c in text if c in self.allowed).strip()
         if not text:
             return None
         label = normalize_label(text, self.charset)
-        if len(label) > self.max_length:
-            text = text[:self.max_length].strip()
+        if len(label) > limit:
+            text = text[:limit].strip()
             label = normalize_label(text, self.charset)
         if not label or not self._charset_set.issuperset(label):
             return None
