@@ -191,6 +191,19 @@ def test_data_module_mixes_lmdb_folder_and_synthetic_by_ratio(tmp_path, words_di
         assert na == nb and la == lb and torch.equal(a, b)
 
 
+def test_short_words_first_reaches_the_synthetic_share_of_a_run(tmp_path, words_dir):
+    from masterocr.training.runner import with_defaults
+
+    data_cfg = {"short_words_first": {"steps": 100, "start_length": 2}}
+    assert with_defaults({"model": {"name": "master"}, "data": data_cfg}).data.short_words_first.steps == 100
+    data = _mixed_data(tmp_path, words_dir, **data_cfg)
+    data.setup("fit")
+    pairs = [(n, label) for _, labels, names in data.train_dataloader() for n, label in zip(names, labels)]
+    synth = [label for n, label in pairs if n.startswith("synth:")]
+    assert len(synth) == 20 and all(1 <= len(label) <= 2 for label in synth)
+    assert {label for n, label in pairs if not n.startswith("synth:")} == set(WORDS)  # real crops untouched
+
+
 def test_sample_seeds_differ():
     seeds = {sample_seed(s, e, p) for s in range(3) for e in range(3) for p in range(200)}
     assert len(seeds) == 3 * 3 * 200

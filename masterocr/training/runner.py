@@ -81,6 +81,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "epoch_size": None,               # draws per epoch (default: all samples of all sources)
     "num_workers": "auto",
     "prefetch_factor": 2,
+    "short_words_first": None,        # {steps, start_length}: synthetic labels capped short at first
 }
 
 
