@@ -53,8 +53,9 @@ VARIANTS = {
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def train(variant: str, run_dir: Path, steps: int) -> None:
-    cmd = [sys.executable, "-m", "masterocr.cli.main", "train", "--config", CONFIG, *VARIANTS[variant],
+def train(variant: str, run_dir: Path, steps: int, seed: int | None) -> None:
+    seeds = [] if seed is None else [f"train.seed={seed}", f"data.train.0.synthetic.seed={seed}"]
+    cmd = [sys.executable, "-m", "masterocr.cli.main", "train", "--config", CONFIG, *VARIANTS[variant], *seeds,
            f"train.max_steps={steps}", "--output", str(run_dir)]
     print("+", " ".join(cmd), flush=True)
     with open(run_dir.with_suffix(".log"), "w") as log:
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs", help="run folders go to RUNS/synth-<variant>")
     parser.add_argument("--data", nargs="+", default=[str(SHARED / "IIIT5K" / "test"), str(SHARED / "SVT" / "test")])
     parser.add_argument("--threads", type=int, default=1, help="threads for evaluation")
+    parser.add_argument("--seed", type=int, help="training and synthetic-data seed (default: the config's); "
+                        "runs go to RUNS/synth-<variant>-seed<SEED>")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -95,11 +98,11 @@ def main() -> None:
     header.append("val acc every 500 steps")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in args.variants:
-        run_dir = Path(args.runs) / f"synth-{variant}"
+        run_dir = Path(args.runs) / (f"synth-{variant}" if args.seed is None else f"synth-{variant}-seed{args.seed}")
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         if not ckpt.exists():
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            train(variant, run_dir, args.steps)
+            train(variant, run_dir, args.steps, args.seed)
         step, seen = samples_seen(ckpt)
         result = evaluate(load(str(ckpt)), benchmarks, protocol="36", progress=False)
         cells = [variant, str(step), f"{seen:,}"]
