@@ -416,10 +416,13 @@ def benchmark_name(path: str | os.PathLike) -> str:
     return p.name or str(p)
 
 
-def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[str, object]]:
+def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike],
+                    holdout: tuple[float, int] | None = None) -> list[tuple[str, object]]:
     """(row name, dataset) for every benchmark under `roots`: a labels.tsv folder or an LMDB is one row, an
-    LMDB tree gives one row per LMDB. Labels are kept raw; the protocol is applied by `evaluate`."""
-    from masterocr.data.datasets import build_dataset
+    LMDB tree gives one row per LMDB. Labels are kept raw; the protocol is applied by `evaluate`.
+    holdout=(fraction, seed) keeps only each source's held-out part, as a training config's `holdout` key
+    picks it (rows are named "<name> held-out")."""
+    from masterocr.data.datasets import build_dataset, split_held_out
 
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -427,10 +430,14 @@ def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     for root in roots:
         # No transform (evaluate applies its own, with rotation), raw labels, no length limit.
         dataset = build_dataset(root, transform=None, charset=None, max_length=None)
+        if holdout is not None:
+            dataset = split_held_out(dataset, *holdout, held_out=True)
         sources.extend(dataset.sources)
     names = [benchmark_name(path) for path, _ in sources]
     if len(set(names)) < len(names):  # ambiguous short names: fall back to the paths
         names = [os.fspath(path) for path, _ in sources]
+    if holdout is not None:
+        names = [f"{name} held-out" for name in names]
     return [(name, dataset) for name, (_, dataset) in zip(names, sources)]
 
 

@@ -80,6 +80,23 @@ def test_eval_cli_protocols_rotation_and_combined(tiny_weights, word_folder, tmp
     assert [r["meta"]["rotation"] for r in runs] == [0, 180]
 
 
+def test_eval_cli_scores_only_the_held_out_part(tiny_weights, word_folder, tmp_path, capsys):
+    from masterocr.data.datasets import is_held_out
+
+    out_dir = tmp_path / "held"
+    assert main(["eval", str(tiny_weights), "--data", str(word_folder), "--holdout", "0.5", "--holdout-seed", "2",
+                 "--no-progress", "--output", str(out_dir)]) == 0
+    rows = _table(capsys.readouterr().out)
+    with open(out_dir / "predictions.tsv", encoding="utf-8", newline="") as f:
+        scored = {r["file"].split("/")[-1] for r in csv.DictReader(f, delimiter="\t")}
+    files = [line.split("\t")[0] for line in (word_folder / "labels.tsv").read_text().splitlines()]
+    expected = {f.split("/")[-1] for f in files if is_held_out(f, 0.5, 2)} - {"punct.png"}  # dropped by protocol
+    assert scored == expected and 0 < len(scored) < 9
+    assert rows["words held-out"][0] == str(len(expected))
+    assert main(["eval", str(tiny_weights), "--data", str(word_folder), "--holdout", "1.5"]) == 2
+    assert "--holdout" in capsys.readouterr().err
+
+
 def test_evaluate_rotation_undoes_rotated_images(tiny_weights, word_folder, tmp_path):
     import masterocr
     from masterocr.evaluation import evaluate

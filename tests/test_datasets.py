@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import os
 import pickle
 import struct
 import zlib
@@ -328,3 +329,44 @@ def test_raw_access_gives_bytes_without_decoding(tmp_path):
     assert ds.name(0).endswith("000.png")
     assert isinstance(ds[0][0], Image.Image)  # no transform: an RGB PIL image
     assert torch.is_tensor(build_dataset(tmp_path, transform=ImageTransform(8, 16))[0][0])
+
+
+# ---- held-out splits ------------------------------------------------------------------------------------
+
+def test_held_out_split_is_complementary_stable_and_filter_independent(tmp_path, monkeypatch):
+    from masterocr.data.datasets import is_held_out, parse_holdout, split_held_out
+
+    words = [f"w{i}" for i in range(200)] + ["ä" * 3] * 20  # the last 20 fall outside the charset below
+    root = make_folder(tmp_path / "set", labels=words)
+    held = set(split_held_out(build_dataset(root, charset=None), 0.25, seed=3).datasets[0].keys)
+    rest = set(split_held_out(build_dataset(root, charset=None), 0.25, seed=3, held_out=False).datasets[0].keys)
+    filtered = split_held_out(build_dataset(root, charset="0123456789w"), 0.25, seed=3, held_out=False)
+    everything = set(build_dataset(root, charset=None).datasets[0].keys)
+    assert not held & rest and held | rest == everything     # never trained on what is held out
+    assert 30 < len(held) < 80                               # about a quarter of 220
+    # A training-side filter drops samples, but never moves one across the split.
+    assert set(filtered.datasets[0].keys) == {k for k in rest if not words[int(k[-7:-4])].startswith("ä")}
+    # The same split whatever the path's spelling (absolute, relative, a trailing slash) ...
+    monkeypatch.chdir(tmp_path)
+    for spelling in (str(root) + "/", "set", "./set/labels.tsv"):
+        part = split_held_out(open_dataset(spelling), 0.25, seed=3)
+        assert {part.sample_id(i) for i in range(len(part))} == {os.path.relpath(k, root) for k in held}
+    # ... a different seed picks a different part, and ids hash the same on every call.
+    assert set(split_held_out(open_dataset(root), 0.25, seed=4).keys) != held
+    assert is_held_out("images/001.png", 0.5, 7) == is_held_out("images/001.png", 0.5, 7)
+    assert parse_holdout(0.2) == (0.2, 0) and parse_holdout({"fraction": "0.5", "seed": 2}) == (0.5, 2)
+    for bad in (1.0, 0, {"seed": 1}, {"fraction": 0.1, "sed": 1}, "half", {"fraction": "x"}):
+        with pytest.raises(ValueError, match="holdout"):
+            parse_holdout(bad)
+
+
+def test_held_out_split_of_lmdb_tree_keeps_each_source(tmp_path):
+    from masterocr.data.datasets import split_held_out
+
+    for name in ("a", "b"):
+        write_lmdb(tmp_path / "tree" / name, [(png_bytes(word_image(i)), f"{name}{i}") for i in range(60)])
+    held = split_held_out(build_dataset(tmp_path / "tree"), 0.5, seed=0)
+    rest = split_held_out(build_dataset(tmp_path / "tree"), 0.5, seed=0, held_out=False)
+    assert len(held) + len(rest) == 120 and len(held.datasets) == 2
+    assert not set(held.labels) & set(rest.labels)
+    assert held[len(held) - 1][1] == held.labels[-1]        # offsets rebuilt after the split

@@ -191,6 +191,27 @@ def test_data_module_mixes_lmdb_folder_and_synthetic_by_ratio(tmp_path, words_di
         assert na == nb and la == lb and torch.equal(a, b)
 
 
+def test_holdout_splits_a_source_between_training_and_validation(tmp_path):
+    from masterocr.charset import AttentionTokenizer
+    from masterocr.training.data import RecognitionData
+
+    folder = render_words(tmp_path / "many", [f"{w}{i}" for i in range(5) for w in WORDS])  # 30 words
+    holdout = {"fraction": 0.3, "seed": 1}
+    cfg = {"data": {"train": [{"path": str(folder), "holdout": holdout}],
+                    "val": [{"name": "held", "path": str(folder), "holdout": holdout}],
+                    "augment": "none", "num_workers": 0, "epoch_size": 12},
+           "train": {"batch_size": 4, "seed": 0}}
+    data = RecognitionData(cfg, AttentionTokenizer("36", 8), (32, 96))
+    data.setup("fit")
+    train_labels = set(data.train_set.concat.datasets[0].labels)
+    val_labels = set(data.val_sets[0][1].labels)
+    assert not train_labels & val_labels and len(train_labels | val_labels) == 30
+    assert 3 <= len(val_labels) <= 17
+    bad = {**cfg, "data": {**cfg["data"], "val": [{"path": str(folder), "holdout": {"fraction": 2}}]}}
+    with pytest.raises(ValueError, match="holdout fraction"):
+        RecognitionData(bad, AttentionTokenizer("36", 8), (32, 96)).setup("validate")
+
+
 def test_short_words_first_reaches_the_synthetic_share_of_a_run(tmp_path, words_dir):
     from masterocr.training.runner import with_defaults
 
@@ -487,3 +508,22 @@ def test_ddp_two_processes_on_cpu(tmp_path, words_dir):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     assert summary["best_score"] is not None  # validation ran, metrics reduced over both ranks
+
+
+def test_shipped_configs_resolve_and_gpu_recipe_holds_out_half_of_iiit5k_train(shared_data, monkeypatch):
+    from masterocr.charset import AttentionTokenizer
+    from masterocr.config import config_names
+    from masterocr.training.data import RecognitionData
+    from masterocr.training.runner import resolve_run_config
+
+    for name in config_names():
+        resolve_run_config(name)  # unknown keys or a broken base would raise
+    monkeypatch.chdir(ROOT)  # the recipes name ../shared/data from the repository root
+    cfg = resolve_run_config("bundled-gpu")
+    data = RecognitionData(cfg, AttentionTokenizer(cfg.model.charset, 25), (32, 100))
+    data.setup("validate")
+    held = data.val_sets[0][1]
+    trained = data._open_source(dict(cfg.data.train[1]), None, train=True)[1]
+    assert data.val_names == ["IIIT5K-train-heldout", "SVT-train"]
+    assert len(held) + len(trained) == 2000 and 900 < len(held) < 1100
+    assert not {held.name(i) for i in range(len(held))} & {trained.name(i) for i in range(len(trained))}

@@ -22,6 +22,10 @@ def register(subparsers) -> None:
                    help="drop samples whose normalised label is longer (default 25, as the benchmarks; 0: none)")
     p.add_argument("--rotation", nargs="+", type=int, default=[0], choices=[0, 90, 180, 270], metavar="DEG",
                    help="evaluate on images rotated by these degrees (e.g. --rotation 90 180 270); default 0")
+    p.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="score only the held-out part of each dataset, as a training config's "
+                        "`holdout: {fraction, seed}` splits it (e.g. a model's selection set)")
+    p.add_argument("--holdout-seed", type=int, default=0, help="the holdout's seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
@@ -33,14 +37,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from masterocr.data.datasets import parse_holdout
     from masterocr.evaluation import evaluate, open_benchmarks, write_results
     from masterocr.recognizer import load
 
     # Dataset filter reports are logged at INFO; show warnings (e.g. malformed label lines) only.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    holdout = None
+    if args.holdout is not None:
+        holdout = parse_holdout({"fraction": args.holdout, "seed": args.holdout_seed}, where="--holdout")
     rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
                batch_size=args.batch_size)
-    benchmarks = open_benchmarks(args.data)
+    benchmarks = open_benchmarks(args.data, holdout=holdout)
     results = []
     for rotation in dict.fromkeys(args.rotation):
         result = evaluate(rec, benchmarks, protocol=args.protocol, batch_size=args.batch_size,

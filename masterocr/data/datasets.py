@@ -21,6 +21,7 @@ Formats read:
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import json
 import logging
@@ -29,7 +30,7 @@ import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import lmdb
 import torch
@@ -150,6 +151,10 @@ class TextImageDataset(Dataset):
     def _name(self, key) -> str:
         raise NotImplementedError
 
+    def _sample_id(self, key) -> str:
+        """The sample's identity inside its source, independent of how the source path was spelled."""
+        raise NotImplementedError
+
     # shared -----------------------------------------------------------------------------------------------
     def _add(self, key, label: str, where: str, line: int) -> None:
         """Filter one label and keep it with its key, or count why it was dropped (at where:line)."""
@@ -179,6 +184,15 @@ class TextImageDataset(Dataset):
 
     def name(self, index: int) -> str:
         return self._name(self.keys[index])
+
+    def sample_id(self, index: int) -> str:
+        return self._sample_id(self.keys[index])
+
+    def keep_only(self, indices: Iterable[int]) -> None:
+        """Keep these samples (in this order), drop the rest; used to split off a held-out part."""
+        indices = list(indices)
+        self.keys = [self.keys[i] for i in indices]
+        self.labels = [self.labels[i] for i in indices]
 
     def raw(self, index: int) -> tuple[bytes, str, str]:
         """(encoded image bytes, label, name) without decoding; raises ImageError naming a missing image."""
@@ -326,6 +340,9 @@ class LmdbDataset(TextImageDataset):
     def _name(self, key: int) -> str:
         return f"{self.path}:{key}"
 
+    def _sample_id(self, key: int) -> str:
+        return f"{os.path.basename(os.path.normpath(self.path))}:{key}"
+
 
 def find_lmdb_dirs(root: str | os.PathLike) -> list[str]:
     """Every directory at or below `root` that holds a data.mdb, sorted."""
@@ -417,6 +434,9 @@ class LabelFileDataset(TextImageDataset):
 
     def _name(self, key: str) -> str:
         return key
+
+    def _sample_id(self, key: str) -> str:
+        return os.path.relpath(key, self.image_root).replace(os.sep, "/")
 
 
 # ---- concatenation --------------------------------------------------------------------------------------
@@ -555,6 +575,52 @@ def build_dataset(paths: str | os.PathLike | Sequence[str | os.PathLike], transf
     dataset = MultiSourceDataset(sources)
     if len(sources) > 1:
         logger.info("%s", dataset.report)
+    return dataset
+
+
+# ---- held-out splits -----------------------------------------------------------------------------------
+
+def is_held_out(sample_id: str, fraction: float, seed: int = 0) -> bool:
+    """Whether a sample belongs to the held-out part: a hash of (seed, id) below `fraction` of its range.
+
+    Decided per sample, so the training side and the validation side of the same source agree even when
+    their label filters keep different samples, and adding samples to a source never moves old ones."""
+    digest = hashlib.blake2b(f"{seed}\0{sample_id}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2 ** 64
+
+
+def parse_holdout(spec, where: str = "holdout") -> tuple[float, int]:
+    """{fraction: f, seed: s} (seed defaults to 0) or a bare fraction -> (fraction, seed), checked."""
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        spec = {"fraction": spec}
+    spec = dict(spec) if isinstance(spec, Mapping) else spec  # OmegaConf's DictConfig is a Mapping
+    if not isinstance(spec, dict) or "fraction" not in spec or set(spec) - {"fraction", "seed"}:
+        raise ValueError(f"{where}: holdout must be {{fraction: F, seed: S}} or a fraction, got {spec!r}")
+    try:
+        fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: holdout {spec!r} needs a number for fraction and an integer seed") from None
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"{where}: holdout fraction {fraction!r} must be between 0 and 1 (exclusive)")
+    return fraction, seed
+
+
+def split_held_out(dataset: TextImageDataset | MultiSourceDataset, fraction: float, seed: int = 0,
+                   held_out: bool = True) -> TextImageDataset | MultiSourceDataset:
+    """Keep only the held-out part of `dataset` (held_out=True) or only the rest, in place for each source.
+
+    A source's held-out part is about `fraction` of its samples, chosen by is_held_out on the sample's id
+    inside the source (a label file's image path as written, an LMDB's '<dir name>:<index>')."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"held-out fraction {fraction!r} must be between 0 and 1 (exclusive)")
+    parts = dataset.sources if isinstance(dataset, MultiSourceDataset) else [(dataset.source, dataset)]
+    for name, part in parts:
+        total = len(part)
+        part.keep_only(i for i in range(total) if is_held_out(part.sample_id(i), fraction, seed) == held_out)
+        logger.info("%s: %s %d of %d samples (held-out fraction %g, seed %d)", name,
+                    "held out" if held_out else "training on", len(part), total, fraction, seed)
+    if isinstance(dataset, MultiSourceDataset):
+        return MultiSourceDataset(parts)  # ConcatDataset's offsets are computed once: rebuild
     return dataset
 
 

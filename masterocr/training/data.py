@@ -29,7 +29,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from masterocr.data.augment import build_augment
-from masterocr.data.datasets import build_dataset, collate
+from masterocr.data.datasets import build_dataset, collate, parse_holdout, split_held_out
 from masterocr.data.image import ImageTransform
 
 logger = logging.getLogger(__name__)
@@ -291,7 +291,9 @@ class RecognitionData(LightningDataModule):
 
     data.train: list of sources, each {path: str | [str], weight: float} for LMDB dirs/trees and label-file
     folders, or {synthetic: {length, seed, config, fonts}, weight} for the synthetic renderer.
-    data.val: list of {name, path}. Other keys: augment (preset name, mapping or none), keep_aspect,
+    data.val: list of {name, path}. A path source may carry holdout: {fraction, seed}: the same spec on a
+    training source and a validation source splits it in two, training on the rest and validating on the
+    held-out part (about `fraction` of it, chosen per sample by a seeded hash of its id). Other keys: augment (preset name, mapping or none), keep_aspect,
     epoch_size, num_workers ("auto" or a number), remove_whitespace, short_words_first ({steps,
     start_length}: synthetic labels capped at start_length, growing to the full length over `steps` optimizer
     steps).
@@ -321,10 +323,10 @@ class RecognitionData(LightningDataModule):
                               grayscale=self.grayscale, augment=augment)
 
     def _open_source(self, source: Mapping[str, Any], transform: ImageTransform, train: bool) -> tuple[str, Dataset]:
-        unknown = sorted(set(source) - {"path", "weight", "synthetic", "name"})
+        unknown = sorted(set(source) - {"path", "weight", "synthetic", "name", "holdout"})
         if unknown:
             raise ValueError(f"data source {dict(source)!r}: unknown key(s) {unknown}; use path or synthetic, "
-                             "weight (training) and name (validation)")
+                             "weight (training), name (validation) and holdout (path sources)")
         if "synthetic" in source:
             from masterocr.data.synth import SyntheticDataset  # the renderer is optional until it is used
 
@@ -342,6 +344,10 @@ class RecognitionData(LightningDataModule):
         dataset = build_dataset(paths, transform, charset=self.charset if train else None,
                                 max_length=self.max_length if train else None,
                                 remove_whitespace=bool(self.data_cfg.get("remove_whitespace", False)))
+        if source.get("holdout") is not None:
+            fraction, seed = parse_holdout(source["holdout"], where=f"data source {paths}")
+            # The same spec on both sides: training keeps the rest, validation only the held-out part.
+            dataset = split_held_out(dataset, fraction, seed, held_out=not train)
         if len(dataset) == 0:
             raise ValueError(f"data source {paths}: no usable samples ({dataset.report})")
         return ",".join(str(p) for p in paths), dataset
