@@ -611,8 +611,7 @@ def split_held_out(dataset: TextImageDataset | MultiSourceDataset, fraction: flo
 
     A source's held-out part is about `fraction` of its samples, chosen by is_held_out on the sample's id
     inside the source (a label file's image path as written, an LMDB's '<dir name>:<index>')."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"held-out fraction {fraction!r} must be between 0 and 1 (exclusive)")
+    fraction, seed = parse_holdout({"fraction": fraction, "seed": seed}, where="split_held_out")
     parts = dataset.sources if isinstance(dataset, MultiSourceDataset) else [(dataset.source, dataset)]
     for name, part in parts:
         total = len(part)

@@ -293,10 +293,10 @@ class RecognitionData(LightningDataModule):
     folders, or {synthetic: {length, seed, config, fonts}, weight} for the synthetic renderer.
     data.val: list of {name, path}. A path source may carry holdout: {fraction, seed}: the same spec on a
     training source and a validation source splits it in two, training on the rest and validating on the
-    held-out part (about `fraction` of it, chosen per sample by a seeded hash of its id). Other keys: augment (preset name, mapping or none), keep_aspect,
-    epoch_size, num_workers ("auto" or a number), remove_whitespace, short_words_first ({steps,
-    start_length}: synthetic labels capped at start_length, growing to the full length over `steps` optimizer
-    steps).
+    held-out part (about `fraction` of it, chosen per sample by a seeded hash of its id).
+    Other keys: augment (preset name, mapping or none), keep_aspect, epoch_size, num_workers ("auto" or a
+    number), remove_whitespace, short_words_first ({steps, start_length}: synthetic labels capped at
+    start_length, growing to the full length over `steps` optimizer steps).
     """
 
     def __init__(self, config: Mapping[str, Any], tokenizer, img_size: Sequence[int], in_channels: int = 3):
