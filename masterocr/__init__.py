@@ -14,10 +14,11 @@ __version__ = "0.1.0"
 __all__ = ["load", "Recognizer", "ReadResult", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from masterocr.recognizer import ReadResult, Recognizer, load
+    from masterocr.reading import ReadResult
+    from masterocr.recognizer import Recognizer, load
 
 _LAZY = {"load": "masterocr.recognizer", "Recognizer": "masterocr.recognizer",
-         "ReadResult": "masterocr.recognizer"}
+         "ReadResult": "masterocr.reading"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,9 @@
-"""Greedy and beam-search decoding for attention models, with a real memory cache.
+"""Decoding for every model family: greedy and beam search for attention models with a real memory cache,
+best-path decoding for CTC models.
 
-Works with any model that exposes:
+A model says how it decodes with a class attribute `decoding`: "autoregressive" (the default) or "ctc".
+CTC models expose `tokenizer` (CTCTokenizer) and `forward(images) -> logits (B, T, num_classes)`.
+Autoregressive models expose:
     tokenizer (AttentionTokenizer), max_steps (labels + EOS), feature_size(H, W) -> (Hf, Wf),
     encode(images) -> memory (B, N, D),
     init_cache(memory, max_steps) -> cache with `reorder(index, memory=bool)`,
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .charset import Decoded
+from .charset import CTCTokenizer, Decoded
 
 METHODS = ("greedy", "beam")
 
@@ -44,7 +47,9 @@ class DecodeResult:
     def decoded(self, tokenizer) -> list[Decoded]:
         """Text, per-character probabilities and confidence (product of the chosen tokens' probabilities,
         EOS included), read from token_ids. Equals tokenizer.decode(probs) for greedy decoding; use this for
-        beam search, where the chosen token is not always the step's arg-max."""
+        beam search, where the chosen token is not always the step's arg-max. CTC: best-path collapse."""
+        if isinstance(tokenizer, CTCTokenizer):
+            return tokenizer.decode(self.probs)
         chosen = self.probs.gather(2, self.token_ids.clamp(max=self.probs.shape[2] - 1).unsqueeze(2)).squeeze(2)
         return tokenizer.decode_chosen(self.token_ids, chosen)
 
@@ -188,15 +193,25 @@ def decode_memory(model: nn.Module, memory: torch.Tensor, feature_size: tuple[in
     return _finish(model, feature_size, ids, probs, attn)
 
 
+def _ctc(model: nn.Module, images: torch.Tensor) -> DecodeResult:
+    """Best-path CTC: frame softmax (B, T, C); token_ids are the frame arg-maxes (collapse in decoded())."""
+    probs = model(images).float().softmax(-1)  # (B, T, num_classes)
+    return DecodeResult(probs.argmax(-1), probs, None, probs.max(-1).values.clamp_min(1e-30).log().sum(1))
+
+
 def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_width: int = 5,
            use_cache: bool = True, max_steps: int | None = None, need_attention: bool = True) -> DecodeResult:
-    """Read a batch: images (B, C, H, W) -> DecodeResult (see its fields; texts via tokenizer.decode(probs)
-    or result.decoded(tokenizer)). Runs in eval mode without autograd; wrap in torch.autocast for bf16.
+    """Read a batch: images (B, C, H, W) -> DecodeResult (see its fields; texts via
+    result.decoded(tokenizer)). Runs in eval mode without autograd; wrap in torch.autocast for bf16.
 
     method: "greedy" or "beam" (width `beam_width`, always cached). use_cache=False: full-recompute greedy.
     max_steps: at most this many tokens (default: the model's max label length + EOS).
+    CTC models ignore the autoregressive options and always decode best-path.
     """
-    if method not in METHODS:
+    kind = getattr(model, "decoding", "autoregressive")
+    if kind not in ("autoregressive", "ctc"):
+        raise ValueError(f"{type(model).__name__}: unknown decoding kind {kind!r}")
+    if kind == "autoregressive" and method not in METHODS:
         raise ValueError(f"decoding method {method!r}: choose one of {METHODS}")
     if images.dim() != 4 or images.shape[1] != model.in_channels:
         raise ValueError(f"images must be (B, {model.in_channels}, H, W), got {tuple(images.shape)}")
@@ -207,6 +222,8 @@ def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_
         # inference mode disables the cache of weights cast to bf16, so every decode step would cast every
         # decoder weight again.
         with torch.inference_mode(False), torch.no_grad():
+            if kind == "ctc":
+                return _ctc(model, images)
             memory = model.encode(images)
             feature_size = model.feature_size(images.shape[-2], images.shape[-1])
             return decode_memory(model, memory, feature_size, method, beam_width, use_cache, max_steps,

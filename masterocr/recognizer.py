@@ -13,32 +13,20 @@ import contextlib
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from masterocr.data.image import ImageError, ImageSource, ImageTransform
+from masterocr.data.image import ImageSource, ImageTransform
+from masterocr.reading import ReadResult, read_batched
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
 PREFERRED_DEFAULTS = ("master-small", "master", "master-tiny")
 DECODE_METHODS = ("greedy", "beam")
 ROTATIONS = (0, 90, 180, 270)
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class ReadResult:
-    """One reading: the text, its confidence (sequence probability, incl. the end token for attention
-    models), the probability of each character, and the decoder's cross-attention for each character
-    as a (len(text), Hf, Wf) array over the model's feature map (None for models without attention)."""
-
-    text: str
-    confidence: float
-    char_probs: list[float] = field(default_factory=list)
-    attention: np.ndarray | None = field(default=None, repr=False)
 
 
 def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
@@ -60,10 +48,6 @@ class _Rotate:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         return rotate_image(img, self.degrees)
-
-
-def _is_single(x: Any) -> bool:
-    return not isinstance(x, (list, tuple))
 
 
 class Recognizer:
@@ -159,34 +143,18 @@ class Recognizer:
         return self.transform(source)
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
-             on_error: str = "auto") -> ReadResult | list[ReadResult | None] | None:
+             on_error: str = "auto") -> ReadResult | list[ReadResult]:
         """Read one image or a list of images (paths, PIL images, NumPy arrays, bytes), batched.
 
-        on_error: "raise" raises ImageError naming the bad input; "skip" gives None in its place and warns;
-        "auto" (default) raises for a single input and skips in a list, so one bad file never costs the
-        readings of the others.
+        A list gives one ReadResult per input, in order; an input that cannot be read gives a result whose
+        `error` names it (empty text), and the others are still read. on_error="raise" raises ImageError
+        instead; "auto" (default) raises for a single input and skips in a list (see reading.read_batched).
         """
-        if on_error not in ("auto", "raise", "skip"):
-            raise ValueError(f"on_error {on_error!r}: choose auto, raise or skip")
-        single = _is_single(x)
-        sources = [x] if single else list(x)
-        skip = on_error == "skip" or (on_error == "auto" and not single)
-        batch_size = max(1, int(batch_size or self.batch_size))
-        results: list[ReadResult | None] = [None] * len(sources)
-        for start in range(0, len(sources), batch_size):
-            tensors, index = [], []
-            for i in range(start, min(start + batch_size, len(sources))):
-                try:
-                    tensors.append(self.preprocess(sources[i]))
-                    index.append(i)
-                except ImageError as e:
-                    if not skip:
-                        raise
-                    warnings.warn(str(e), stacklevel=2)
-            if tensors:
-                for i, r in zip(index, self.predict(torch.stack(tensors))):  # (B, C, H, W)
-                    results[i] = r
-        return results[0] if single else results
+        return read_batched(x, self.preprocess, self.predict_batch, batch_size or self.batch_size, on_error)
+
+    def predict_batch(self, prepared: list[torch.Tensor], need_attention: bool = True) -> list[ReadResult]:
+        """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
+        return self.predict(torch.stack(prepared), need_attention)  # (B, C, H, W)
 
     def __repr__(self) -> str:
         name = self.model_cfg.get("name", type(self.model).__name__)

@@ -77,7 +77,8 @@ def test_bad_inputs(rec, tmp_path):
         rec.read(str(bad))
     with pytest.warns(UserWarning, match="broken.png"):
         out = rec.read([render_word("cat"), str(bad), render_word("dog")])
-    assert out[1] is None and [out[0].text, out[2].text] == ["cat", "dog"]
+    assert [out[0].text, out[2].text] == ["cat", "dog"] and out[0].ok and out[2].ok
+    assert not out[1].ok and "broken.png" in out[1].error and out[1].text == "" and out[1].confidence == 0.0
     with pytest.raises(ImageError, match="broken.png"):
         rec.read([str(bad)], on_error="raise")
     with pytest.raises(ValueError, match="on_error"):

@@ -314,7 +314,7 @@ def test_aux_ctc_adds_a_term_and_stays_out_of_the_model(tiny_model_cfg):
     assert parts["ctc"].item() > 0
     assert total.item() == pytest.approx(ce.item() + 0.5 * parts["ctc"].item(), rel=1e-5)
     assert not any(k.startswith("aux_ctc") for k in joint.model.state_dict())  # not in distribution weights
-    assert any(k.startswith("aux_ctc") for k in joint.state_dict())
+    assert any(k.startswith("objective.aux_ctc") for k in joint.state_dict())
 
 
 def test_empty_batch_is_skipped_alone_and_zero_under_ddp(tiny_model_cfg):
@@ -433,7 +433,7 @@ def test_finetune_new_charset_with_ema_aux_ctc_and_accumulation(overfit_run, wor
     assert summary["global_step"] == 2
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["masterocr_config"]["train"]["init_weights"].endswith("final.safetensors")
-    assert any(k.startswith("aux_ctc.") for k in ckpt["state_dict"])
+    assert any(k.startswith("objective.aux_ctc.") for k in ckpt["state_dict"])
     assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 4  # 2 steps x 2 batches
     model, model_cfg = load_model(run / "weights" / "final.safetensors")  # strict load: no aux head inside
     assert model_cfg["charset"] == "abcdefghijklmnopqrstuvwxyz!?"

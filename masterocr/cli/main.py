@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each module defines `register(subparsers)` adding its command(s) with `func` set as default.
-COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average"]
+COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """Image decoding, resizing and normalisation: the one image pipeline every model and command uses.
 
-Pillow + NumPy + torch only (no torchvision). Images go in as files, bytes, PIL images or arrays and come
-out as (3, H, W) float tensors normalised to [-1, 1].
+Pillow + NumPy only (no torchvision); torch is imported only to wrap the final array as a tensor, so the
+torch-free runtime shares this exact pipeline. Images go in as files, bytes, PIL images or arrays and come
+out as (C, H, W) float32 arrays (or tensors) normalised to [-1, 1].
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -130,13 +133,20 @@ def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
     return canvas
 
 
-def to_tensor(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
-    """PIL -> (C, H, W) float tensor, (x/255 - mean) / std: [-1, 1] with the defaults."""
+def to_array(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
+    """PIL -> (C, H, W) float32 array, (x/255 - mean) / std: [-1, 1] with the defaults."""
     arr = np.asarray(img, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    tensor = torch.from_numpy(arr.transpose(2, 0, 1).copy())
-    return (tensor / 255.0 - mean) / std
+    arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return ((arr / np.float32(255.0) - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False)
+
+
+def to_tensor(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> "torch.Tensor":
+    """PIL -> (C, H, W) float tensor, (x/255 - mean) / std: [-1, 1] with the defaults."""
+    import torch
+
+    return torch.from_numpy(to_array(img, mean, std))
 
 
 class ImageTransform:
@@ -155,9 +165,15 @@ class ImageTransform:
     def channels(self) -> int:
         return 1 if self.grayscale else 3
 
-    def __call__(self, source: ImageSource) -> torch.Tensor:
+    def array(self, source: ImageSource) -> np.ndarray:
+        """One image -> (C, H, W) float32 array (the torch-free form; `__call__` wraps it as a tensor)."""
         img = load_image(source, grayscale=self.grayscale)
         if self.augment is not None:
             img = self.augment(img)
         img = resize(img, self.height, self.width, self.keep_aspect)
-        return to_tensor(img, self.mean, self.std)
+        return to_array(img, self.mean, self.std)
+
+    def __call__(self, source: ImageSource) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.array(source))

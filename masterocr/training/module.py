@@ -1,9 +1,8 @@
 """The LightningModule that trains any model from `build_model`; the model itself stays a pure nn.Module.
 
-Loss: teacher-forced cross-entropy over [c1 .. cn EOS] with PAD ignored (optional label smoothing), plus an
-optional auxiliary CTC loss on the encoder memory (pooled over the feature map's height to a (B, Wf, D)
-sequence): joint CTC-attention training, the known remedy for attention decoders stuck on a loss plateau.
-The CTC head lives here, not on the model, so it is dropped at inference and never saved into weights.
+Loss: the objective the model asks for (training/objectives.py: teacher-forced cross-entropy with an optional
+auxiliary CTC head, CTC, ...). Training-only heads live on the objective, not on the model, so they are
+dropped at inference and never saved into weights.
 
 Validation decodes greedily and reports, per validation set and combined (sample-weighted): word accuracy
 and 1-NED under the 36-character benchmark protocol and under the model's own charset protocol, with a few
@@ -22,13 +21,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.accelerators import CPUAccelerator
 from torch import nn
 
-from masterocr.charset import BUILTIN_CHARSETS, AttentionTokenizer, CTCTokenizer, get_protocol
+from masterocr.charset import BUILTIN_CHARSETS, get_protocol
 from masterocr.evaluation import Metrics, apply_protocol
+from masterocr.training.objectives import build_objective
 from masterocr.training.optim import EMA, build_optimizer, build_scheduler, scaled_lr
 from masterocr.weights import CKPT_CONFIG_KEY, CKPT_EMA_KEY
 
@@ -121,8 +120,6 @@ class RecognitionModule(LightningModule):
         t = dict(self.config.get("train") or {})
         self.train_cfg = t
         self.tokenizer = model.tokenizer
-        self.attention = isinstance(self.tokenizer, AttentionTokenizer)
-        self.label_smoothing = float(t.get("label_smoothing", 0.0))
         self.channels_last = bool(t.get("channels_last", False))
         self.val_names = list(val_names or [])
         self.protocols = ["36"]
@@ -131,14 +128,7 @@ class RecognitionModule(LightningModule):
             self.protocols.append(own)
         self.num_sample_images = int(t.get("sample_images", 8))
 
-        self.aux_ctc_weight = float(t.get("aux_ctc_weight", 0.0))
-        self.aux_ctc: nn.Linear | None = None
-        if self.aux_ctc_weight > 0:
-            if not (self.attention and all(hasattr(model, a) for a in ("encode", "decode_full", "feature_size"))):
-                raise ValueError("train.aux_ctc_weight > 0 needs an attention model with encode/decode_full/feature_size")
-            self.ctc_tokenizer = CTCTokenizer(self.tokenizer.charset, self.tokenizer.max_length)
-            d_model = int(model.embed.embedding_dim) if hasattr(model, "embed") else int(model.config.d_model)
-            self.aux_ctc = nn.Linear(d_model, self.ctc_tokenizer.num_classes)
+        self.objective = build_objective(model, t)
 
         self.ema: EMA | None = EMA(model, float(t.get("ema_decay", 0.9999))) if t.get("ema", False) else None
         self._ema_step = -1
@@ -171,39 +161,7 @@ class RecognitionModule(LightningModule):
 
     def compute_loss(self, images: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """images (B, C, H, W), labels -> (total loss, parts for logging)."""
-        images = self._images(images)
-        if not self.attention:
-            logits = self.model(images)  # (B, T, C) for CTC models
-            return self._ctc_loss(logits, labels, self.tokenizer), {}
-        targets = self.tokenizer.encode(labels).to(self.device)  # (B, L + 2): BOS c.. EOS PAD..
-        length = max(len(label) for label in labels) + 2  # only as long as this batch's longest label needs
-        targets = targets[:, :length]
-        targets_in, targets_out = targets[:, :-1], targets[:, 1:]  # (B, T) each
-        if self.aux_ctc is not None:
-            memory = self.model.encode(images)  # (B, N, D)
-            logits = self.model.decode_full(memory, targets_in)[0]  # (B, T, num_classes)
-        else:
-            memory = None
-            logits = self.model(images, targets_in)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets_out.flatten(), ignore_index=self.tokenizer.pad_id,
-                             label_smoothing=self.label_smoothing)
-        parts = {"ce": ce.detach()}
-        loss = ce
-        if memory is not None:
-            hf, wf = self.model.feature_size(images.shape[2], images.shape[3])
-            pooled = memory.reshape(memory.shape[0], hf, wf, memory.shape[2]).mean(1)  # (B, Wf, D)
-            ctc = self._ctc_loss(self.aux_ctc(pooled), labels, self.ctc_tokenizer)
-            parts["ctc"] = ctc.detach()
-            loss = loss + self.aux_ctc_weight * ctc
-        return loss, parts
-
-    def _ctc_loss(self, logits: torch.Tensor, labels: list[str], tokenizer: CTCTokenizer) -> torch.Tensor:
-        """logits (B, T, C) -> mean CTC loss (fp32; infeasible alignments give 0, not inf)."""
-        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, C)
-        targets, lengths = tokenizer.encode(labels)
-        input_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long)
-        return F.ctc_loss(log_probs, targets.to(logits.device), input_lengths, lengths, blank=tokenizer.blank_id,
-                          reduction="mean", zero_infinity=True)
+        return self.objective(self.model, self._images(images), labels)
 
     def training_step(self, batch, batch_idx: int):
         images, labels, _ = batch
@@ -244,7 +202,7 @@ class RecognitionModule(LightningModule):
         t = self.train_cfg
         lr = scaled_lr(float(t.get("lr", 4e-4)), self.global_batch(), int(t.get("lr_reference_batch", 512)),
                        str(t.get("lr_scaling", "sqrt")))
-        modules = [self.model] + ([self.aux_ctc] if self.aux_ctc is not None else [])
+        modules = [self.model, self.objective]
         optimizer = build_optimizer(modules, str(t.get("optimizer", "adamw")), lr, float(t.get("weight_decay", 0.0)),
                                     tuple(t.get("betas", (0.9, 0.999))))
         total = int(self.trainer.estimated_stepping_batches)
@@ -272,14 +230,10 @@ class RecognitionModule(LightningModule):
         return self.val_names[i] if i < len(self.val_names) else f"val{i}"
 
     def predict_texts(self, images: torch.Tensor) -> list[str]:
-        images = self._images(images)
-        if self.attention:
-            from masterocr.decoding import decode
+        from masterocr.decoding import decode
 
-            result = decode(self.model, images, method="greedy", need_attention=False)
-            return [d.text for d in result.decoded(self.tokenizer)]
-        with torch.inference_mode():
-            return [d.text for d in self.tokenizer.decode(self.model.eval()(images).float().softmax(-1))]
+        result = decode(self.model, self._images(images), need_attention=False)  # the model's default decoding
+        return [d.text for d in result.decoded(self.tokenizer)]
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels, _, keep = batch
@@ -353,6 +307,9 @@ class RecognitionModule(LightningModule):
             checkpoint[CKPT_EMA_STATE_KEY] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("aux_ctc.")]:  # checkpoints from before objectives.py
+            state["objective.aux_ctc.head." + key[len("aux_ctc."):]] = state.pop(key)
         if self.ema is not None and CKPT_EMA_KEY in checkpoint:
             self.ema.load(checkpoint[CKPT_EMA_KEY], checkpoint.get(CKPT_EMA_STATE_KEY, {}))
         self._pending_rng = checkpoint.get(CKPT_RNG_KEY)

@@ -1,0 +1,60 @@
+"""Foreign checkpoints -> masterocr weights (safetensors + config), never executing pickle code.
+
+An importer is a function `(path) -> Imported` registered in IMPORTERS as "module:function" (imported lazily,
+like models.MODELS). `masterocr import KIND SRC -o OUT.safetensors` runs one and saves the result.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from masterocr.weights import WeightsError
+
+IMPORTERS: dict[str, str] = {}
+
+
+@dataclass
+class Imported:
+    """What an importer returns: tensors for a masterocr model, its `model:` config, and extra metadata
+    (e.g. {"keep_aspect": True} or the source's name), kept in the written weights."""
+
+    tensors: dict[str, torch.Tensor]
+    model_cfg: dict
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def importer_names() -> list[str]:
+    return sorted(IMPORTERS)
+
+
+def load_untrusted(path: str | os.PathLike) -> Any:
+    """torch.load a foreign checkpoint with weights_only=True: tensors and plain containers come out, and
+    a pickle that would construct a class or call a function is refused with a message naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (unsafe payload), RuntimeError/EOFError (broken or not torch)
+        if type(e).__name__ == "UnpicklingError":
+            raise WeightsError(f"{path}: refused: the file holds pickled code or objects other than tensors "
+                               f"and plain containers, which masterocr never executes ({e})") from None
+        raise WeightsError(f"{path}: cannot load as a weights-only torch checkpoint "
+                           f"({type(e).__name__}: {e})") from None
+
+
+def run_importer(kind: str, path: str | os.PathLike, **options: Any) -> Imported:
+    """Run the importer registered as `kind` on `path`."""
+    if kind not in IMPORTERS:
+        raise ValueError(f"unknown import kind {kind!r}; choose one of {importer_names()}")
+    module_name, func_name = IMPORTERS[kind].split(":")
+    return getattr(importlib.import_module(module_name), func_name)(path, **options)
+
+
+__all__ = ["IMPORTERS", "Imported", "importer_names", "load_untrusted", "run_importer"]
