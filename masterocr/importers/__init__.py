@@ -10,12 +10,12 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-from masterocr.weights import WeightsError
-
+# Importing this module stays cheap (the CLI lists the kinds): torch and weights load on first use.
 IMPORTERS: dict[str, str] = {}
 
 
@@ -24,7 +24,7 @@ class Imported:
     """What an importer returns: tensors for a masterocr model, its `model:` config, and extra metadata
     (e.g. {"keep_aspect": True} or the source's name), kept in the written weights."""
 
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, "torch.Tensor"]
     model_cfg: dict
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -36,6 +36,10 @@ def importer_names() -> list[str]:
 def load_untrusted(path: str | os.PathLike) -> Any:
     """torch.load a foreign checkpoint with weights_only=True: tensors and plain containers come out, and
     a pickle that would construct a class or call a function is refused with a message naming the file."""
+    import torch
+
+    from masterocr.weights import WeightsError
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
