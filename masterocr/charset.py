@@ -1,7 +1,9 @@
 """Charsets, tokenizers and evaluation protocols: the one text layer every model shares.
 
 Imports nothing else of masterocr. Ids are fixed by the charset alone, so a checkpoint that stores its
-charset string can always rebuild the exact tokenizer it was trained with.
+charset string can always rebuild the exact tokenizer it was trained with. Importable without torch (the
+torch-free runtime decodes with these tokenizers): torch is imported only by the methods that build tensors,
+and decoding accepts NumPy arrays as well as tensors.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import os
 import string
 import unicodedata
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 DIGITS = string.digits
 LOWER = string.ascii_lowercase
@@ -115,6 +120,12 @@ def get_protocol(name: str) -> Callable[[str], str]:
 
 # ---- tokenizers -----------------------------------------------------------------------------------------
 
+def _float32(x: Any) -> np.ndarray:
+    """A tensor (any device or float dtype) or array -> float32 NumPy array, for decoding on the CPU."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
 @dataclass
 class Decoded:
     """One decoded sequence: text, probability of each character (and of EOS for attention models)."""
@@ -160,6 +171,8 @@ class AttentionTokenizer(_Tokenizer):
 
     def encode(self, labels: Iterable[str], max_length: int | None = None) -> torch.Tensor:
         """labels -> (B, L + 2) ids: [BOS, c1..cn, EOS, PAD...], L = max_length (labels longer raise)."""
+        import torch
+
         max_length = self.max_length if max_length is None else max_length
         labels = list(labels)
         out = torch.full((len(labels), max_length + 2), self.pad_id, dtype=torch.long)
@@ -183,17 +196,18 @@ class AttentionTokenizer(_Tokenizer):
                 chars.append(self.charset[i - 1])
         return "".join(chars)
 
-    def decode(self, probs: torch.Tensor) -> list[Decoded]:
+    def decode(self, probs: torch.Tensor | np.ndarray) -> list[Decoded]:
         """probs (B, T, num_classes) -> texts; confidence = product of max probs up to and including EOS."""
-        max_probs, ids = probs.float().max(-1)
-        return self.decode_chosen(ids, max_probs)
+        probs = _float32(probs)
+        return self.decode_chosen(probs.argmax(-1), probs.max(-1))
 
-    def decode_chosen(self, token_ids: torch.Tensor, token_probs: torch.Tensor) -> list[Decoded]:
+    def decode_chosen(self, token_ids: torch.Tensor | np.ndarray, token_probs: torch.Tensor | np.ndarray
+                      ) -> list[Decoded]:
         """Chosen tokens (B, T) and their probabilities (B, T) -> texts, stopping at each row's first EOS.
 
-        Beam search needs this form: its chosen token is not always the step's arg-max."""
+        Beam search needs this form: its chosen token is not always the step's arg-max. Tensors or arrays."""
         results = []
-        for row_ids, row_probs in zip(token_ids.tolist(), token_probs.float().tolist()):
+        for row_ids, row_probs in zip(token_ids.tolist(), _float32(token_probs).tolist()):
             chars, char_probs, conf = [], [], 1.0
             for i, p in zip(row_ids, row_probs):
                 conf *= p
@@ -217,6 +231,8 @@ class CTCTokenizer(_Tokenizer):
 
     def encode(self, labels: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """labels -> (targets (B, max_len) padded with blank, lengths (B,)) for torch.nn.functional.ctc_loss."""
+        import torch
+
         encoded = [self._char_ids(label) for label in labels]
         width = max([len(e) for e in encoded] + [1])
         targets = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -225,17 +241,17 @@ class CTCTokenizer(_Tokenizer):
         lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
         return targets, lengths
 
-    def decode(self, probs: torch.Tensor) -> list[Decoded]:
-        """Best-path decoding: probs (B, T, num_classes) -> collapse repeats, drop blanks."""
-        max_probs, ids = probs.float().max(-1)
+    def decode(self, probs: torch.Tensor | np.ndarray) -> list[Decoded]:
+        """Best-path decoding: probs (B, T, num_classes) (tensor or array) -> collapse repeats, drop blanks."""
+        probs = _float32(probs)
         results = []
-        for row_ids, row_probs in zip(ids.tolist(), max_probs.tolist()):
+        for row_ids, row_probs in zip(probs.argmax(-1).tolist(), probs.max(-1).tolist()):
             chars, char_probs, prev = [], [], self.blank_id
             for i, p in zip(row_ids, row_probs):
                 if i != prev and i != self.blank_id:
                     chars.append(self.charset[i - 1])
                     char_probs.append(p)
                 prev = i
-            conf = float(torch.tensor(row_probs).prod()) if row_probs else 0.0
+            conf = float(np.prod(np.asarray(row_probs, dtype=np.float32))) if row_probs else 0.0
             results.append(Decoded("".join(chars), char_probs, conf))
         return results
