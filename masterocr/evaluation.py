@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Sequence
 from rapidfuzz.distance import LCSseq, Levenshtein
 
 from masterocr.charset import DEFAULT_MAX_LENGTH, get_protocol
-from masterocr.recognizer import ROTATIONS
+from masterocr.data.image import ROTATIONS
 
 
 # ---- protocol -------------------------------------------------------------------------------------------
@@ -494,14 +494,17 @@ class EvalResult:
 
 
 def _as_recognizer(model, device=None, decode_method=None):
-    """A Recognizer for `model` (an nn.Module is wrapped; a Recognizer is moved/configured as asked)."""
+    """A Recognizer for `model` (an nn.Module is wrapped; a Recognizer, or the runtime's OnnxRecognizer, is
+    moved/configured as asked)."""
     import torch
 
     from masterocr.recognizer import Recognizer
 
-    if isinstance(model, Recognizer):
+    if not isinstance(model, torch.nn.Module) and hasattr(model, "predict_batch"):
         rec = model
-        if device is not None and torch.device(device) != rec.device:
+        if device is not None and not isinstance(rec, Recognizer) and str(device) != "cpu":
+            raise ValueError(f"device {device!r}: choose the device when loading an export folder")
+        if isinstance(rec, Recognizer) and device is not None and torch.device(device) != rec.device:
             rec.to(device)
         if decode_method is not None and decode_method != rec.decode_method:
             import copy
@@ -578,7 +581,7 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
                        dynamic_ncols=True)
         for batch in loader:
             good = [(t, pos) for t, _, pos in batch if t is not None]
-            readings = rec.predict(torch.stack([t for t, _ in good]), need_attention=False) if good else []
+            readings = rec.predict_batch([t for t, _ in good], need_attention=False) if good else []
             by_pos = {pos: r for (_, pos), r in zip(good, readings)}
             for _, error, pos in batch:
                 index = keep[order[pos]]

@@ -7,6 +7,9 @@ import logging
 import sys
 
 
+from masterocr.cli.read import add_backend_argument
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="benchmark a model: accuracy, 1 - NED, confidence, label length per dataset",
@@ -14,7 +17,8 @@ def register(subparsers) -> None:
                     "(a labels.tsv folder or an LMDB is one row; an LMDB tree gives one row per LMDB). Prints "
                     "the Markdown table; --output also writes results.json, results.csv and the per-sample "
                     "predictions. Unreadable images are reported and scored as empty predictions.")
-    p.add_argument("model", metavar="MODEL", help="bundled model name, .safetensors or .ckpt")
+    p.add_argument("model", metavar="MODEL",
+                   help="bundled model name, .safetensors, .ckpt, or an export folder (read with ONNX Runtime)")
     p.add_argument("--data", nargs="+", required=True, metavar="ROOT", help="benchmark folders / LMDBs / trees")
     p.add_argument("--protocol", default="36", choices=["36", "62", "94", "raw"],
                    help="36 (default, the standard: lower-case [0-9a-z]), 62, 94 or raw")
@@ -27,6 +31,7 @@ def register(subparsers) -> None:
                         "`holdout: {fraction, seed}` splits it (e.g. a model's selection set)")
     p.add_argument("--holdout-seed", type=int, default=0, help="the holdout's seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64)
+    add_backend_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
     p.add_argument("--beam-width", type=int, default=5)
@@ -39,15 +44,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from masterocr.data.datasets import parse_holdout
     from masterocr.evaluation import evaluate, open_benchmarks, write_results
-    from masterocr.recognizer import load
+    from masterocr.cli.read import load_recognizer
 
     # Dataset filter reports are logged at INFO; show warnings (e.g. malformed label lines) only.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     holdout = None
     if args.holdout is not None:
         holdout = parse_holdout({"fraction": args.holdout, "seed": args.holdout_seed}, where="--holdout")
-    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
-               batch_size=args.batch_size)
+    rec = load_recognizer(args.model, args.backend, device=args.device, decode_method=args.decode,
+                          beam_width=args.beam_width, batch_size=args.batch_size)
     benchmarks = open_benchmarks(args.data, holdout=holdout)
     results = []
     for rotation in dict.fromkeys(args.rotation):

@@ -12,7 +12,10 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each module defines `register(subparsers)` adding its command(s) with `func` set as default.
-COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights"]
+COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights", "export"]
+# Installed without torch (the runtime only: pip install masterocr[onnx]), commands that need it at import
+# are left out and `read` still runs export folders.
+TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name == f"masterocr.cli.{name}":
                 continue  # command not built yet
+            if (e.name or "").split(".")[0] in TORCH_MODULES:
+                continue  # needs torch, which this installation lacks
             raise
         module.register(sub)
     return parser
@@ -42,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (FileNotFoundError, ValueError) as e:
         print(f"masterocr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TORCH_MODULES:
+            raise
+        print(f"masterocr {args.command}: error: this needs {e.name}, which is not installed (pip install "
+              f"'masterocr[torch]'); without it, read export folders: masterocr read IMAGES --model DIR",
+              file=sys.stderr)
         return 2
 
 
