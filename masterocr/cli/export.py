@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                     "graph and a decoder-step graph with a key/value cache, each carrying the model's metadata "
                     "(charset, image size, resize mode, normalisation, decoding defaults), so the folder alone "
                     "reads images: `masterocr read IMAGES --model DIR` or `masterocr.load(DIR)`.")
-    p.add_argument("model", metavar="MODEL", help="bundled model name, .safetensors or .ckpt")
+    p.add_argument("model", metavar="MODEL",
+                   help="bundled model name, .safetensors or .ckpt; or, with --int8, an fp32 export folder")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="export folder (created; graphs replaced)")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,

@@ -18,6 +18,16 @@ COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average"
 TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
 
 
+def _needs(sub, name: str, error: ModuleNotFoundError) -> None:
+    """A stand-in for a command whose module needs a missing package: it says so when run."""
+    def fail(args):
+        raise error
+
+    p = sub.add_parser(name, help=f"(needs {error.name}, not installed)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=fail)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="masterocr", description="Scene text recognition: read, train, evaluate MASTER and friends.")
@@ -28,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name == f"masterocr.cli.{name}":
                 continue  # command not built yet
-            if (e.name or "").split(".")[0] in TORCH_MODULES:
-                continue  # needs torch, which this installation lacks
+            if (e.name or "").split(".")[0] in TORCH_MODULES:  # needs torch, which this installation lacks
+                _needs(sub, name, e)
+                continue
             raise
         module.register(sub)
     return parser

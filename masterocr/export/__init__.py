@@ -66,6 +66,17 @@ def write_metadata(path: Path, metadata: dict) -> None:
     onnx.save(model, str(path))
 
 
+def read_graph_metadata(path: Path) -> dict:
+    """The masterocr metadata of a graph file (ExportError naming the file when it has none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ExportError(f"{path}: not a masterocr export graph (no {METADATA_KEY!r} metadata)")
+    return json.loads(props[METADATA_KEY])
+
+
 def check_graph(path: Path) -> None:
     """The ONNX checker (full check, shapes inferred) on a saved graph; ExportError naming the file."""
     import onnx
@@ -83,7 +94,8 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
     """Export weights (bundled name, .safetensors, .ckpt) to `out_dir` (created; its graphs are replaced).
 
     int8: quantize the graphs (export/quantize.py); `calibration` names image folders/datasets from a
-    training split for the static quantization of convolutions (none: convolutions stay fp32).
+    training split for the static quantization of convolutions (none: convolutions stay fp32). With int8, the
+    source may also be an fp32 export folder: its graphs are quantized into `out_dir` without torch export.
     cache: the decoder step's self-attention cache layout ("concat" or "fixed", see runtime/format.py).
     """
     import torch
@@ -97,6 +109,15 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         raise ExportError(f"export format {format!r}: choose one of {', '.join(FORMATS)}")
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported: the runtime reads opsets {MIN_OPSET} to {MAX_OPSET}")
+    if calibration:
+        from masterocr.export.quantize import refuse_test_split
+
+        for root in calibration:
+            refuse_test_split(root)
+    if os.path.isdir(name_or_path):
+        if not int8:
+            raise ExportError(f"{name_or_path}: already an export folder (give weights, or --int8 to quantize it)")
+        return _quantize_folder(Path(name_or_path), Path(out_dir), calibration, calibration_count)
     model, model_cfg = load_model(name_or_path, device="cpu", use_ema=use_ema)
     family = str(model_cfg.get("name", ""))
     export = exporter_for(family)
@@ -138,10 +159,44 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
 
         metadata["precision"] = "int8"
         metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
+    return _finish(folder, graphs, metadata)
+
+
+def _finish(folder: Path, graphs: dict[str, Path], metadata: dict) -> ExportResult:
     for role, path in graphs.items():
         write_metadata(path, {**metadata, "role": role})
         check_graph(path)
     return ExportResult(folder, graphs, metadata)
+
+
+def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: int) -> ExportResult:
+    """An int8 copy of an fp32 export folder (new export id, so its graphs never pass for the source's)."""
+    import shutil
+
+    from masterocr.export.quantize import quantize_export
+    from masterocr.runtime.graphs import find_entry
+
+    try:
+        metadata = read_graph_metadata(find_entry(src))
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if metadata.get("precision") != "fp32":
+        raise ExportError(f"{src}: holds {metadata.get('precision')} graphs; quantize an fp32 export")
+    folder = out_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    for role, name in metadata["graphs"].items():
+        if not (src / name).is_file():
+            raise ExportError(f"{src / name}: missing: the export's {role} graph is not in the folder")
+        if read_graph_metadata(src / name).get("export_id") != metadata["export_id"]:
+            raise ExportError(f"{src / name}: does not belong with the other graphs of {src}")
+        graphs[role] = folder / name
+        if (src / name).resolve() != graphs[role].resolve():
+            shutil.copyfile(src / name, graphs[role])
+    metadata = {k: v for k, v in metadata.items() if k != "role"}
+    metadata.update(precision="int8", export_id=uuid.uuid4().hex)
+    metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
+    return _finish(folder, graphs, metadata)
 
 
 __all__ = ["EXPORTERS", "FORMATS", "ExportError", "ExportResult", "export_model", "exporter_for"]

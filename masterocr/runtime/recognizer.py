@@ -102,6 +102,20 @@ class OnnxRecognizer:
 
     # ---- the model call ----
 
+    def decode(self, images: np.ndarray, need_attention: bool = True):
+        """Decode a preprocessed batch (B, C, H, W) float32 -> token ids (B, T) (PAD after each row's EOS),
+        probabilities (B, T, C), the chosen tokens' probabilities (B, T) and attention (B, T, Hf, Wf) or None:
+        the arrays masterocr.decoding's DecodeResult holds on the torch path."""
+        memory_kv = self.encoder.run(self._memory_outputs, {IMAGES: np.ascontiguousarray(images, np.float32)})
+        hf = int(self.metadata["feature_height"])
+        feature_size = (hf, memory_kv[0].shape[2] // hf)  # (Hf, Wf): the width may differ from the model's
+        steps = self.spec.max_steps
+        if self.decode_method == "beam":
+            ids, probs, attn = decoding.beam(self.step, memory_kv, self.spec, steps, self.beam_width, need_attention)
+        else:
+            ids, probs, attn = decoding.greedy(self.step, memory_kv, self.spec, steps, need_attention)
+        return decoding.finish(ids, probs, attn, self.spec, feature_size)
+
     def predict(self, images: np.ndarray, need_attention: bool = True) -> list[ReadResult]:
         """Read a preprocessed batch: images (B, C, H, W) float32 as made by `self.transform`."""
         images = np.asarray(images, dtype=np.float32)
@@ -109,16 +123,7 @@ class OnnxRecognizer:
             raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
         if images.shape[0] == 0:
             return []
-        memory_kv = self.encoder.run(self._memory_outputs, {IMAGES: np.ascontiguousarray(images)})
-        n = memory_kv[0].shape[2]
-        hf = int(self.metadata["feature_height"])
-        feature_size = (hf, n // hf)  # (Hf, Wf)
-        steps = self.spec.max_steps
-        if self.decode_method == "beam":
-            ids, probs, attn = decoding.beam(self.step, memory_kv, self.spec, steps, self.beam_width, need_attention)
-        else:
-            ids, probs, attn = decoding.greedy(self.step, memory_kv, self.spec, steps, need_attention)
-        ids, probs, chosen, attention = decoding.finish(ids, probs, attn, self.spec, feature_size)
+        ids, _, chosen, attention = self.decode(images, need_attention)
         out = []
         for i, d in enumerate(self.tokenizer.decode_chosen(ids, chosen)):
             att = None if attention is None else attention[i, : len(d.char_probs)]  # (len(text), Hf, Wf)
