@@ -13,9 +13,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each module defines `register(subparsers)` adding its command(s) with `func` set as default.
 COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights", "export"]
-# Installed without torch (the runtime only: pip install masterocr[onnx]), commands that need it at import
-# are left out and `read` still runs export folders.
-TORCH_MODULES = ("torch", "lightning", "pytorch_lightning")
+# Installed without torch (the runtime only: `./setup.sh --runtime`, requirements-runtime.txt), a command whose
+# module needs a missing package stands in and says so when run; `read` still reads export folders.
+
+
+def _third_party(error: ModuleNotFoundError) -> bool:
+    return bool(error.name) and error.name.split(".")[0] != "masterocr"
 
 
 def _needs(sub, name: str, error: ModuleNotFoundError) -> None:
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name == f"masterocr.cli.{name}":
                 continue  # command not built yet
-            if (e.name or "").split(".")[0] in TORCH_MODULES:  # needs torch, which this installation lacks
+            if _third_party(e):  # e.g. torch, which a runtime-only installation lacks
                 _needs(sub, name, e)
                 continue
             raise
@@ -60,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"masterocr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in TORCH_MODULES:
+        if not _third_party(e):
             raise
-        print(f"masterocr {args.command}: error: this needs {e.name}, which is not installed (pip install "
-              f"'masterocr[torch]'); without it, read export folders: masterocr read IMAGES --model DIR",
-              file=sys.stderr)
+        print(f"masterocr {args.command}: error: this needs {e.name}, which is not installed (a runtime-only "
+              f"installation reads export folders: masterocr read IMAGES --model DIR; `./setup.sh` or "
+              f"`pip install masterocr` installs everything)", file=sys.stderr)
         return 2
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
     from masterocr.export import ExportError
 
     log = io.StringIO()  # the exporter narrates its passes on stderr; kept for the error message only
+    torch_onnx_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" notes
+    level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(log):
             warnings.simplefilter("ignore")  # axis-renaming notes, deprecations inside torch.export
@@ -92,6 +96,8 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
     except Exception as e:  # torch.export / onnxscript raise many types; name the graph and keep the reason
         raise ExportError(f"{path.name}: torch.onnx.export failed ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from e
+    finally:
+        torch_onnx_log.setLevel(level)
 
 
 def export_master(model: Master, metadata: dict, folder: Path, opset: int, cache: str) -> dict[str, Path]:
