@@ -287,6 +287,24 @@ def levers(args, tmp: str, calibration: list[str]) -> None:
         return run
 
     base = rec(fp32)
+    # Step graph through ONNX Runtime's transformer optimizer (it fuses what it recognises: here only the
+    # residual adds into SkipLayerNormalization, no attention pattern), and an fp16 encoder (fp32 inputs).
+    import onnx
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from masterocr.runtime.graphs import make_session
+    from masterocr.runtime.recognizer import SessionStep
+
+    fused_path, fp16_path = os.path.join(tmp, "step_fused.onnx"), os.path.join(tmp, "encoder_fp16.onnx")
+    d = base.metadata["decoder"]
+    optimizer.optimize_model(os.path.join(fp32, "decoder_step.onnx"), model_type="bert", num_heads=d["heads"],
+                             hidden_size=d["heads"] * d["head_dim"], opt_level=0).save_model_to_file(fused_path)
+    onnx.save(convert_float_to_float16(onnx.load(os.path.join(fp32, "encoder.onnx")), keep_io_types=True), fp16_path)
+    fused = rec(fp32)
+    fused.step = SessionStep(make_session(Path(fused_path), SessionOptions(threads=t)), base.spec.layers)
+    fp16 = rec(fp32)
+    fp16.encoder = make_session(Path(fp16_path), SessionOptions(threads=t))
     int8_rec = rec(int8)
     mixed = rec(int8)  # int8 encoder, fp32 decoder step
     mixed.step = base.step
@@ -299,6 +317,8 @@ def levers(args, tmp: str, calibration: list[str]) -> None:
         "  1 thread": reader(rec(fp32, threads=1)),
         "  fixed-size cache": reader(rec(fixed)),
         "  io binding (OrtValue cache)": reader(base, BoundStep(base.step.session, base.spec.layers)),
+        "  step fused (transformers optimizer)": reader(fused),
+        "  fp16 encoder": reader(fp16),
         "int8 MatMul only (conv fp32)": reader(rec(enc_int8)),
         "int8 static conv + MatMul": reader(int8_rec),
         "int8 encoder, fp32 step": reader(mixed),
