@@ -58,7 +58,7 @@ def calibration_source(tmp: str) -> list[str]:
     if TRAIN.is_dir():
         return [str(TRAIN)]
     folder = Path(tmp) / "calibration"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     sys.path.insert(0, str(ROOT / "tests"))
     from wordimages import render_word
 
@@ -148,15 +148,17 @@ def prepare(name: str, tmp: str, calibration: list[str]):
         torch.manual_seed(0)
         cfg = load_config(name).model
         weights = os.path.join(tmp, f"{name}.safetensors")
-        save_weights(build_model(cfg).eval(), cfg, weights)
+        if not os.path.isfile(weights):
+            save_weights(build_model(cfg).eval(), cfg, weights)
         random_weights = True
         label = f"{name} (random) {cfg.img_size[0]}x{cfg.img_size[1]}"
     fp32 = os.path.join(tmp, f"{name}-fp32")
     int8 = os.path.join(tmp, f"{name}-int8")
     start = time.time()
-    export_model(weights, fp32)
-    export_model(fp32, int8, int8=True, calibration=calibration)
-    print(f"exported {name} in {time.time() - start:.0f} s", file=sys.stderr)
+    if not os.path.isdir(fp32):  # --exports keeps them between runs (random weights are seeded)
+        export_model(weights, fp32)
+        export_model(fp32, int8, int8=True, calibration=calibration)
+        print(f"exported {name} in {time.time() - start:.0f} s", file=sys.stderr)
     return label, weights, fp32, int8, random_weights
 
 
@@ -343,6 +345,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6, help="interleaved timed rounds at batch 1 (half at 64)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levers", action="store_true", help="time ONNX Runtime options on the bundled model")
+    parser.add_argument("--exports", metavar="DIR", help="keep the exports here and reuse them in later runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import platform
@@ -352,12 +355,14 @@ def main() -> None:
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")),
         platform.processor())
     print(f"CPU: {cpu} ({os.cpu_count()} cores visible), load average at the start {os.getloadavg()[0]:.2f}")
-    tmp = tempfile.mkdtemp(prefix="masterocr-runtime-bench-")
+    tmp = args.exports or tempfile.mkdtemp(prefix="masterocr-runtime-bench-")
+    os.makedirs(tmp, exist_ok=True)
     try:
         calibration = calibration_source(tmp)
         (levers if args.levers else table)(args, tmp, calibration)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.exports:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
