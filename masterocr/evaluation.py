@@ -529,8 +529,8 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     Samples are batched, ordered by aspect ratio when the resize keeps it (sort_by_aspect=None: automatic),
     so similar shapes share a batch. An unreadable image is reported (log, default stderr), counted in
     `failed` and scored as an empty prediction: benchmark figures never silently exclude a sample.
+    The model may also be the runtime's OnnxRecognizer (an export folder read with ONNX Runtime).
     """
-    import torch
     from torch.utils.data import DataLoader
 
     if int(rotation) % 360 not in ROTATIONS:
