@@ -29,7 +29,6 @@ from typing import Callable, Iterable, Sequence
 from rapidfuzz.distance import LCSseq, Levenshtein
 
 from masterocr.charset import DEFAULT_MAX_LENGTH, get_protocol
-from masterocr.recognizer import ROTATIONS
 
 
 # ---- protocol -------------------------------------------------------------------------------------------
@@ -529,6 +528,8 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     """
     import torch
     from torch.utils.data import DataLoader
+
+    from masterocr.recognizer import ROTATIONS  # torch: imported here so `masterocr metrics` needs none
 
     if int(rotation) % 360 not in ROTATIONS:
         raise ValueError(f"rotation {rotation}: choose one of {ROTATIONS}")

@@ -13,9 +13,10 @@ import time
 from collections import Counter
 
 from ..charset import BUILTIN_CHARSETS, normalize_label
-from ..data.datasets import LMDB_LAYOUTS, MultiSourceDataset, open_dataset, write_lmdb
-from ..data.image import ImageError, load_image
-from ..data.montage import make_montage
+from .common import non_negative_int, positive_int
+
+# The data layer (torch, LMDB, Pillow) is imported by the actions, not here: `--help` stays fast.
+LAYOUT_NAMES = ("master", "standard")  # data.datasets.LMDB_LAYOUTS (a test keeps them equal)
 
 GENERIC_NAMES = {"train", "test", "val", "valid", "validation", "labels", "gt", "data", "images", "lmdb"}
 
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
                     "file, or an LMDB) into a new LMDB at OUT. Unreadable images are skipped and listed.")
     build.add_argument("src", help="folder with labels.tsv, a label file, or an LMDB")
     build.add_argument("out", help="output LMDB directory (must not exist unless --overwrite)")
-    build.add_argument("--layout", choices=sorted(LMDB_LAYOUTS), default="standard",
+    build.add_argument("--layout", choices=LAYOUT_NAMES, default="standard",
                        help="key layout: standard (num-samples/image-%%09d/label-%%09d) or master "
                             "(nSamples/image-{i}/transcript-{i}); default standard")
     build.add_argument("--image-root", help="folder the label file's image paths are relative to "
@@ -41,7 +42,7 @@ def register(subparsers) -> None:
                        help="label file format (default: detected)")
     build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, a file or a "
                                          "string), normalised for it; default: keep labels as they are")
-    build.add_argument("--max-length", type=int, help="drop labels longer than this")
+    build.add_argument("--max-length", type=positive_int, help="drop labels longer than this")
     build.add_argument("--no-check", action="store_true",
                        help="copy image bytes without decoding them first (faster; bad images stay in)")
     build.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -54,10 +55,10 @@ def register(subparsers) -> None:
     inspect.add_argument("--montage", help="montage PNG to write (default: <dataset name>_montage.png in the "
                                            "current folder)")
     inspect.add_argument("--no-montage", action="store_true", help="do not draw a montage")
-    inspect.add_argument("--samples", type=int, default=32, help="images in the montage (default 32)")
-    inspect.add_argument("--columns", type=int, default=4, help="montage columns (default 4)")
+    inspect.add_argument("--samples", type=non_negative_int, default=32, help="images in the montage (default 32)")
+    inspect.add_argument("--columns", type=positive_int, default=4, help="montage columns (default 4)")
     inspect.add_argument("--seed", type=int, default=0, help="which random samples to show (default 0)")
-    inspect.add_argument("--size-samples", type=int, default=1000,
+    inspect.add_argument("--size-samples", type=non_negative_int, default=1000,
                          help="images whose width/height are read for size statistics (default 1000)")
     inspect.add_argument("--image-root", help="folder a label file's image paths are relative to")
     inspect.set_defaults(func=run_inspect)
@@ -85,12 +86,17 @@ def _configure_logging() -> None:
 
 
 def _sources(dataset) -> list[tuple[str, object]]:
+    from ..data.datasets import MultiSourceDataset
+
     return dataset.sources if isinstance(dataset, MultiSourceDataset) else [(dataset.source, dataset)]
 
 
 # ---- build ----------------------------------------------------------------------------------------------
 
 def run_build(args) -> int:
+    from ..data.datasets import open_dataset, write_lmdb
+    from ..data.image import ImageError, load_image
+
     _configure_logging()
     if os.path.exists(args.out) and not args.overwrite:
         print(f"masterocr data build: error: {args.out} already exists (use --overwrite to replace it)",
@@ -188,6 +194,10 @@ def _default_montage_path(path: str) -> str:
 
 
 def run_inspect(args) -> int:
+    from ..data.datasets import open_dataset
+    from ..data.image import ImageError, load_image
+    from ..data.montage import make_montage
+
     _configure_logging()
     dataset = open_dataset(args.path, image_root=args.image_root)
     sources = _sources(dataset)

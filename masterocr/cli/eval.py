@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from masterocr.cli.common import non_negative_int, positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="ROOT", help="benchmark folders / LMDBs / trees")
     p.add_argument("--protocol", default="36", choices=["36", "62", "94", "raw"],
                    help="36 (default, the standard: lower-case [0-9a-z]), 62, 94 or raw")
-    p.add_argument("--max-length", type=int, default=25,
+    p.add_argument("--max-length", type=non_negative_int, default=25,
                    help="drop samples whose normalised label is longer (default 25, as the benchmarks; 0: none)")
     p.add_argument("--rotation", nargs="+", type=int, default=[0], choices=[0, 90, 180, 270], metavar="DEG",
                    help="evaluate on images rotated by these degrees (e.g. --rotation 90 180 270); default 0")
@@ -26,11 +28,11 @@ def register(subparsers) -> None:
                    help="score only the held-out part of each dataset, as a training config's "
                         "`holdout: {fraction, seed}` splits it (e.g. a model's selection set)")
     p.add_argument("--holdout-seed", type=int, default=0, help="the holdout's seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
-    p.add_argument("--beam-width", type=int, default=5)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default 0)")
+    p.add_argument("--beam-width", type=positive_int, default=5)
+    p.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers decoding images (default 0)")
     p.add_argument("--output", metavar="DIR", help="write results.json, results.csv and predictions*.tsv here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from masterocr.cli.common import positive_int
+
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 # Top-level attribute -> part name; anything else is reported under its own attribute name.
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
         description="Summarise a model given as a config name (e.g. master, master-small), a YAML config file, "
                     "bundled weights, a .safetensors file or a training checkpoint.")
     p.add_argument("model", metavar="NAME|CONFIG|CHECKPOINT")
-    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
+    p.add_argument("--img-size", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="count memory tokens and FLOPs at this input size instead of the model's own")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)

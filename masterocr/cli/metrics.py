@@ -7,6 +7,8 @@ import json
 import math
 import sys
 
+from masterocr.cli.common import non_negative_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("labels", help="label.txt (JSON lines) or labels.tsv")
     p.add_argument("--protocol", default="raw", choices=["36", "62", "94", "raw"],
                    help="normalisation applied to labels and predictions (default: raw, the files as they are)")
-    p.add_argument("--max-length", type=int, default=0,
+    p.add_argument("--max-length", type=non_negative_int, default=0,
                    help="drop samples whose normalised label is longer (default 0: no limit)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=run)

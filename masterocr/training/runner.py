@@ -166,6 +166,11 @@ def resolve_devices(t: Mapping[str, Any]) -> dict[str, Any]:
     """Trainer device arguments from `train:`; "auto" precision is bf16-mixed on CPU and bf16 GPUs."""
     accelerator = str(t["accelerator"])
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if use_gpu and not torch.cuda.is_available():
+        raise ValueError(f"train.accelerator={accelerator}: "
+                         + ("this torch is built for CPU only" if torch.version.cuda is None
+                            else "no CUDA GPU is visible to this process")
+                         + f" (torch {torch.__version__}); use train.accelerator=cpu or auto")
     precision = str(t["precision"])
     if precision == "auto":
         precision = "bf16-mixed" if (not use_gpu or torch.cuda.is_bf16_supported()) else "16-mixed"
