@@ -102,14 +102,14 @@ def with_defaults(cfg: DictConfig | Mapping) -> DictConfig:
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The resolved run config stored in a training checkpoint (weights_only load, memory-mapped)."""
-    from masterocr.weights import CKPT_CONFIG_KEY, WeightsError
+    from masterocr.weights import CKPT_CONFIG_KEY, WeightsError, load_torch_file
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint") from None
-    except Exception as e:
-        raise WeightsError(f"--resume {path}: cannot load as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+        ckpt = load_torch_file(path, mmap=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--resume {e}") from None
+    except WeightsError as e:
+        raise WeightsError(f"--resume {e}") from None
     cfg = ckpt.get(CKPT_CONFIG_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict):
         raise ValueError(f"--resume {path}: not a masterocr training checkpoint (no config inside)")
