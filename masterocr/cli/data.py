@@ -7,13 +7,14 @@ import importlib
 import logging
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
 from collections import Counter
 
 from ..charset import BUILTIN_CHARSETS, normalize_label
-from .common import non_negative_int, positive_int
+from .common import by_reason, non_negative_int, positive_int, shown
 
 # The data layer (torch, LMDB, Pillow) is imported by the actions, not here: `--help` stays fast.
 LAYOUT_NAMES = ("master", "standard")  # data.datasets.LMDB_LAYOUTS (a test keeps them equal)
@@ -30,7 +31,8 @@ def register(subparsers) -> None:
     build = actions.add_parser(
         "build", help="write an LMDB from a labelled folder or label file",
         description="Write SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines label "
-                    "file, or an LMDB) into a new LMDB at OUT. Unreadable images are skipped and listed.")
+                    "file, or an LMDB) into a new LMDB at OUT. Unreadable images and malformed label lines are skipped and listed, the "
+                    "others written; the exit code is then 1.")
     build.add_argument("src", help="folder with labels.tsv, a label file, or an LMDB")
     build.add_argument("out", help="output LMDB directory (must not exist unless --overwrite)")
     build.add_argument("--layout", choices=LAYOUT_NAMES, default="standard",
@@ -106,7 +108,11 @@ def run_build(args) -> int:
     dataset = open_dataset(args.src, charset=args.charset, max_length=args.max_length,
                            image_root=args.image_root, label_format=args.label_format)
     report = dataset.report
+    if len(dataset) == 0:  # nothing to write: say why instead of leaving an empty LMDB behind
+        print(f"masterocr data build: error: {shown(args.src)} holds no usable samples ({report})", file=sys.stderr)
+        return 2
     skipped: list[str] = []
+    reasons: list[str] = []
 
     def samples():
         progress = _progress(len(dataset), "build")
@@ -114,11 +120,12 @@ def run_build(args) -> int:
             progress.update()
             try:
                 data, label, name = dataset.raw(index)
-                if not args.no_check:
-                    load_image(data)  # full decode: truncated, empty and non-image files are caught here
+                if not args.no_check:  # full decode: truncated, empty and non-image files are caught here
+                    load_image(data, name=name)
             except ImageError as e:
                 message = str(e) if str(e).startswith(dataset.name(index)) else f"{dataset.name(index)}: {e}"
                 skipped.append(message)
+                reasons.append(e.reason)
                 continue
             yield data, label
         progress.close()
@@ -131,14 +138,21 @@ def run_build(args) -> int:
         print(f"dropped {report.num_dropped} labels: " +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())))
     if skipped:
-        print(f"skipped {len(skipped)} unreadable images:")
+        print(f"skipped {len(skipped)} unreadable images ({by_reason(reasons)}):")
         for line in skipped[:20]:
-            print(f"  {line}")
+            print(f"  {shown(line)}")
         if len(skipped) > 20:
             print(f"  ... and {len(skipped) - 20} more")
     print(f"wrote {written} samples to {args.out} ({args.layout} layout, {size_mb:.1f} MB) in {elapsed:.1f} s")
     if not written:
-        print("masterocr data build: error: no readable samples (check the image paths and --image-root)",
+        shutil.rmtree(args.out, ignore_errors=True)  # an empty LMDB is not a result
+        print("masterocr data build: error: no readable samples (check the image paths and --image-root); "
+              "nothing written", file=sys.stderr)
+        return 1
+    malformed = report.dropped.get("malformed", 0)
+    if skipped or malformed:
+        print(f"masterocr data build: {len(skipped)} unreadable image(s) and {malformed} malformed entr"
+              f"{'y' if malformed == 1 else 'ies'} left out (named above); the others were written",
               file=sys.stderr)
         return 1
     return 0
@@ -217,7 +231,8 @@ def run_inspect(args) -> int:
         print(f"  not counted: {report.num_dropped} entries (" +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) + ")")
     if not total:
-        return 1
+        print(f"masterocr data inspect: error: {shown(args.path)} holds no samples ({report})", file=sys.stderr)
+        return 2
 
     lengths = [len(label) for label in labels]
     chars = Counter(c for label in labels for c in label)
@@ -258,8 +273,8 @@ def run_inspect(args) -> int:
         items, unreadable = [], 0
         for i in picks:
             try:
-                data, label, _ = dataset.raw(i)
-                items.append((load_image(data), label))
+                data, label, name = dataset.raw(i)
+                items.append((load_image(data, name=name), label))
             except ImageError as e:
                 logging.getLogger(__name__).warning("%s", e)
                 items.append((None, labels[i]))

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from masterocr.cli.common import non_negative_int, positive_int
+from masterocr.cli.common import by_reason, non_negative_int, positive_int, shown
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,9 @@ def register(subparsers) -> None:
         description="Evaluate MODEL (bundled name, .safetensors or training .ckpt) on each dataset under ROOT "
                     "(a labels.tsv folder or an LMDB is one row; an LMDB tree gives one row per LMDB). Prints "
                     "the Markdown table; --output also writes results.json, results.csv and the per-sample "
-                    "predictions. Unreadable images are reported and scored as empty predictions.")
+                    "predictions. Unreadable images are reported and scored as empty predictions; a dataset that cannot be opened is "
+                    "reported and the others evaluated. The exit code is 1 when any image, label entry or "
+                    "dataset failed.")
     p.add_argument("model", metavar="MODEL", help="bundled model name, .safetensors or .ckpt")
     p.add_argument("--data", nargs="+", required=True, metavar="ROOT", help="benchmark folders / LMDBs / trees")
     p.add_argument("--protocol", default="36", choices=["36", "62", "94", "raw"],
@@ -48,10 +50,17 @@ def run(args: argparse.Namespace) -> int:
     holdout = None
     if args.holdout is not None:
         holdout = parse_holdout({"fraction": args.holdout, "seed": args.holdout_seed}, where="--holdout")
+    unusable: list[str] = []  # datasets that cannot be opened or hold no sample: reported, the others scored
+    benchmarks = open_benchmarks(args.data, holdout=holdout, errors=unusable)
+    for message in unusable:
+        print(f"masterocr eval: {shown(message)}: skipped", file=sys.stderr)
+    if not benchmarks:
+        print("masterocr eval: error: no dataset to evaluate", file=sys.stderr)
+        return 2
     rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
                batch_size=args.batch_size)
-    benchmarks = open_benchmarks(args.data, holdout=holdout)
     results = []
+    any_failed = bool(unusable)
     for rotation in dict.fromkeys(args.rotation):
         result = evaluate(rec, benchmarks, protocol=args.protocol, batch_size=args.batch_size,
                           rotation=rotation, max_length=args.max_length or None,
@@ -62,12 +71,18 @@ def run(args: argparse.Namespace) -> int:
         print(result.markdown())
         failed = sum(m.failed for m in result.rows)
         dropped = sum(m.dropped for m in result.rows)
+        malformed = sum(m.malformed for m in result.rows)
+        any_failed = any_failed or bool(failed or malformed)
         notes = []
         if dropped:
             notes.append(f"{dropped} sample(s) dropped by protocol {args.protocol} (empty or longer than "
                          f"{args.max_length or 'any'} after normalisation)")
         if failed:
-            notes.append(f"{failed} unreadable image(s), scored as empty predictions")
+            notes.append(f"{failed} unreadable image(s) ({by_reason(result.error_reasons)}), scored as empty "
+                         "predictions")
+        if malformed:
+            notes.append(f"{malformed} malformed entr{'y' if malformed == 1 else 'ies'} (label lines or LMDB "
+                         "entries that hold no sample, each named above) left out")
         for note in notes:
             print(f"masterocr eval: {note}", file=sys.stderr)
         sys.stdout.flush()
@@ -75,4 +90,4 @@ def run(args: argparse.Namespace) -> int:
         paths = write_results(results, args.output, model=str(args.model), decode=args.decode,
                               data=[str(d) for d in args.data])
         print(f"masterocr eval: wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
-    return 0
+    return 1 if any_failed else 0

@@ -244,15 +244,16 @@ class ImageTransform:
     def channels(self) -> int:
         return 1 if self.grayscale else 3
 
-    def array(self, source: ImageSource) -> np.ndarray:
-        """One image -> (C, H, W) float32 array (the torch-free form; `__call__` wraps it as a tensor)."""
-        img = load_image(source, grayscale=self.grayscale)
+    def array(self, source: ImageSource, name: str | None = None) -> np.ndarray:
+        """One image -> (C, H, W) float32 array (the torch-free form; `__call__` wraps it as a tensor).
+        `name` is what an error calls the image (e.g. the dataset sample its bytes came from)."""
+        img = load_image(source, grayscale=self.grayscale, name=name)
         if self.augment is not None:
             img = self.augment(img)
         img = resize(img, self.height, self.width, self.keep_aspect)
         return to_array(img, self.mean, self.std)
 
-    def __call__(self, source: ImageSource) -> "torch.Tensor":
+    def __call__(self, source: ImageSource, name: str | None = None) -> "torch.Tensor":
         import torch
 
-        return torch.from_numpy(self.array(source))
+        return torch.from_numpy(self.array(source, name))
