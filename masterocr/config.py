@@ -67,7 +67,11 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfi
             if parent is not None and not OmegaConf.is_config(parent):
                 raise ValueError(f"override {item!r}: {'.'.join(parts[:depth])} is a value ({parent!r}), "
                                  "not a section")
-        value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)  # the value, parsed by YAML rules
+        try:
+            value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)  # the value, parsed by YAML rules
+        except Exception as e:  # YAML syntax errors (e.g. an unquoted list split by the shell)
+            raise ValueError(f"override {item!r}: the value is not valid YAML "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
         try:
             OmegaConf.update(cfg, key, value, merge=True)
         except Exception as e:  # e.g. an index past a list's end

@@ -244,9 +244,9 @@ def run_inspect(args) -> int:
         print(f"  {name:>3}: {n:>8} ({100.0 * n / total:.1f}%)")
     outside = {c: n for c, n in chars.items() if c not in BUILTIN_CHARSETS["94"]}
     if outside:
-        shown = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])
+        listed = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])
         more = f" (+{len(outside) - 30} more)" if len(outside) > 30 else ""
-        print(f"characters outside 94 ({len(outside)}): {shown}{more}")
+        print(f"characters outside 94 ({len(outside)}): {listed}{more}")
     else:
         print("characters outside 94: none")
 

@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2  # no command: a usage error, as `masterocr data` without an action
+    command = " ".join(str(part) for part in (args.command, getattr(args, "data_command", None)) if part)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"\nmasterocr {args.command}: interrupted", file=sys.stderr)
+        print(f"\nmasterocr {command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`masterocr read DIR | head -1`): stop quietly, as a process killed by SIGPIPE.
@@ -60,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("MASTEROCR_TRACEBACK"):
             raise
         if message is not None:
-            print(f"masterocr {args.command}: error: {message}", file=sys.stderr)
+            print(f"masterocr {command}: error: {message}", file=sys.stderr)
             return 2
         import traceback
 
-        print(f"masterocr {args.command}: internal error (a bug in masterocr; please report it with the "
+        print(f"masterocr {command}: internal error (a bug in masterocr; please report it with the "
               f"command and the traceback below): {type(e).__name__}: {e}", file=sys.stderr)
         traceback.print_exc()
         return 70

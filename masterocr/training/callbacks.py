@@ -179,8 +179,8 @@ class StopOnSignal(Callback):
     write last.ckpt, stop (TrainingStopped). A second signal stops at once without writing (the last
     checkpoint stays as it was).
 
-    The handlers are installed when fitting starts (replacing Lightning's SIGTERM notice, which would stop a
-    run mid-validation without a checkpoint) and restored by `restore()`. Under DDP every rank learns of a
+    The handlers are installed when training starts (replacing Lightning's SIGTERM notice, which would stop a
+    run mid-validation without a checkpoint, and exit 0) and restored by `restore()`. Under DDP every rank learns of a
     signal any rank received at the next step, so all of them save and stop at the same step.
     """
 
@@ -215,12 +215,10 @@ class StopOnSignal(Callback):
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._trainer = trainer
-        self.install()
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._trainer = trainer
         self._seen_step = trainer.global_step
+        self.install()  # after Lightning registered its own SIGTERM handler (when fitting starts), replacing it
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         stepped = trainer.global_step != self._seen_step  # a checkpoint between accumulated batches would not resume exactly
