@@ -359,6 +359,9 @@ def read_predictions_file(path: str | os.PathLike, malformed: list[str] | None =
                 malformed.append(message)
                 continue
         out[parts[0]] = (prediction, confidence)
+    if not out and malformed and any(m.startswith(f"{path}:") for m in malformed):
+        raise ValueError(f"{path}: no prediction could be read (first problem: "
+                         f"{next(m for m in malformed if m.startswith(f'{path}:'))})")
     if out and not any("\t" in line for _, line in lines):
         raise ValueError(f"{path}: no line holds a tab: expected file<TAB>prediction lines (TSV) or "
                          "MASTER-pytorch's predict_result.json")
@@ -395,6 +398,9 @@ def read_labels_file(path: str | os.PathLike, malformed: list[str] | None = None
             if malformed is None:
                 raise ValueError(f"{path}:{n}: {problem}")
             malformed.append(f"{path}:{n}: {problem}")
+    if not out and malformed and any(m.startswith(f"{path}:") for m in malformed):
+        raise ValueError(f"{path}: no label could be read (first problem: "
+                         f"{next(m for m in malformed if m.startswith(f'{path}:'))})")
     return out
 
 
