@@ -348,3 +348,13 @@ def test_annotation_and_character_precision_are_accuracy_and_corpus_char_f1():
     assert m.char_recall == pytest.approx(lcs / (14 + 14 + 15 + 4))          # over label characters
     cells = [c.strip() for c in format_markdown([m]).splitlines()[2].strip("|").split("|")]
     assert cells[2] == "25.00" and cells[4] == "80.00"                       # Accuracy, Char F1
+
+
+def test_metrics_cli_names_the_seed_metrics(tmp_path, capsys):
+    (tmp_path / "labels.tsv").write_text("a.png\tRue A\nb.png\tRue B\n", encoding="utf-8")
+    (tmp_path / "preds.tsv").write_text("a.png\tRue A\nb.png\tRue\n", encoding="utf-8")
+    assert main(["metrics", str(tmp_path / "preds.tsv"), str(tmp_path / "labels.tsv")]) == 0
+    out = capsys.readouterr().out
+    assert "Accuracy (%)                    50.00" in out
+    assert f"Char F1 (%)                     {100 * 2 * (5 + 3) / (10 + 8):.2f}" in out
+    assert 'Accuracy "annotation precision" and Char F1 "character precision"' in out
