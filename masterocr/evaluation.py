@@ -18,6 +18,7 @@ longer than `max_length` (25, as the benchmarks do) are dropped. Metrics:
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -412,8 +413,8 @@ def benchmark_name(path: str | os.PathLike) -> str:
     """A short row name for a dataset path: its folder name, or its parent's for split folders
     (…/IIIT5K/test -> "IIIT5K"; an LMDB tree's …/evaluation/SVT -> "SVT")."""
     p = Path(os.path.normpath(os.fspath(path)))
-    if p.name in ("labels.tsv", "labels.txt", "labels.jsonl", "gt.txt", "data.mdb"):
-        p = p.parent
+    if p.name in ("labels.tsv", "labels.txt", "labels.jsonl", "gt.txt", "data.mdb") or glob.has_magic(p.name):
+        p = p.parent  # a glob of shards (…/FSNS/test/test-*) is named by its folder
     if p.name.lower() in _SPLIT_NAMES and p.parent.name:
         return p.parent.name
     return p.name or str(p)

@@ -358,3 +358,10 @@ def test_metrics_cli_names_the_seed_metrics(tmp_path, capsys):
     assert "Accuracy (%)                    50.00" in out
     assert f"Char F1 (%)                     {100 * 2 * (5 + 3) / (10 + 8):.2f}" in out
     assert 'Accuracy "annotation precision" and Char F1 "character precision"' in out
+
+
+def test_eval_row_name_of_a_glob_is_its_folder():
+    from masterocr.evaluation import benchmark_name
+
+    assert benchmark_name("data/FSNS/test/test-*") == "FSNS" and benchmark_name("data/FSNS/test") == "FSNS"
+    assert benchmark_name("data/FSNS/test/test-00000-of-00064") == "test-00000-of-00064"

@@ -333,7 +333,3 @@ def write_fsns_shard(path: str | os.PathLike, samples: Iterable[tuple[bytes, str
     """Write (encoded image, text) pairs as one FSNS-format TFRecord shard; returns the number written."""
     return write_tfrecord(path, (fsns_example(image, text, charset, **kwargs) for image, text in samples),
                           overwrite=overwrite)
-
-
-def is_fsns_shard(path: str | os.PathLike) -> bool:
-    return os.path.isfile(path) and is_tfrecord(path)
