@@ -82,6 +82,13 @@ def test_version_help_and_usage_exit_codes(capsys):
         assert "must be 1 or more" in capsys.readouterr().err
 
 
+def test_data_command_names_the_lmdb_layouts_without_importing_them():
+    from masterocr.cli.data import LAYOUT_NAMES
+    from masterocr.data.datasets import LMDB_LAYOUTS
+
+    assert sorted(LAYOUT_NAMES) == sorted(LMDB_LAYOUTS)
+
+
 def test_help_version_and_metrics_do_not_import_torch(tmp_path):
     (tmp_path / "p.tsv").write_text("a.png\tcat\n")
     (tmp_path / "l.tsv").write_text("a.png\tcat\n")
@@ -299,7 +306,7 @@ def test_eval_scores_the_good_datasets_and_names_each_bad_one(tiny_weights, bad_
         assert message in err, message
     assert "labels.tsv:2: skipping malformed entry (not UTF-8 (byte 0xe9 at column 21))" in caplog.text
     assert "labels.tsv:3: skipping malformed entry (more than one tab" in caplog.text
-    assert "3 malformed entries" in err and "dropped by protocol" not in err
+    assert "3 malformed or damaged entries" in err and "dropped by protocol" not in err
     assert main(["eval", str(tiny_weights), "--data", str(bad["random"][0]), "--no-progress"]) == 2
     assert "no dataset to evaluate" in capsys.readouterr().err
 
@@ -313,7 +320,7 @@ def test_data_build_and_inspect_name_what_they_skip(bad_datasets, tmp_path, caps
     assert main(["data", "build", str(mixed), str(out_lmdb)]) == 1
     out, err = capsys.readouterr()
     assert "skipped 1 unreadable images (1 no such file)" in out and "gone.png" in out
-    assert "wrote 1 samples" in out and "1 unreadable image(s) and 3 malformed entries left out" in err
+    assert "wrote 1 samples" in out and "1 unreadable image(s) and 3 malformed or damaged entries left out" in err
     for name in ("empty", "malformed"):
         assert main(["data", "build", str(bad[name][0]), str(tmp_path / f"{name}.lmdb")]) == 2
         assert "holds no usable samples" in capsys.readouterr().err

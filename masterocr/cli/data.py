@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 
-from ..charset import BUILTIN_CHARSETS, normalize_label
+from ..charset import BUILTIN_CHARSETS, charset_names, load_charset, normalize_label
 from .common import by_reason, non_negative_int, positive_int, shown
 
 # The data layer (torch, LMDB, Pillow) is imported by the actions, not here: `--help` stays fast.
@@ -29,11 +29,12 @@ def register(subparsers) -> None:
     actions = data.add_subparsers(dest="data_command", metavar="ACTION")
 
     build = actions.add_parser(
-        "build", help="write an LMDB from a labelled folder or label file",
-        description="Write SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines label "
-                    "file, or an LMDB) into a new LMDB at OUT. Unreadable images and malformed label lines are skipped and listed, the "
-                    "others written; the exit code is then 1.")
-    build.add_argument("src", help="folder with labels.tsv, a label file, or an LMDB")
+        "build", help="write an LMDB from labelled folders, label files, LMDBs or FSNS TFRecords",
+        description="Write every SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines "
+                    "label file, an LMDB, or FSNS TFRecords: a shard, a folder of shards or a quoted glob) into "
+                    "one new LMDB at OUT. Unreadable images, damaged records and malformed label lines are "
+                    "skipped and listed, the others written; the exit code is then 1.")
+    build.add_argument("src", nargs="+", help="folder with labels.tsv, a label file, an LMDB, or FSNS shards")
     build.add_argument("out", help="output LMDB directory (must not exist unless --overwrite)")
     build.add_argument("--layout", choices=LAYOUT_NAMES, default="standard",
                        help="key layout: standard (num-samples/image-%%09d/label-%%09d) or master "
@@ -42,8 +43,8 @@ def register(subparsers) -> None:
                                             "(default: the label file's folder)")
     build.add_argument("--format", dest="label_format", choices=["tsv", "txt", "jsonl"],
                        help="label file format (default: detected)")
-    build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, a file or a "
-                                         "string), normalised for it; default: keep labels as they are")
+    build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, fsns, a file or "
+                                         "a string), normalised for it; default: keep labels as they are")
     build.add_argument("--max-length", type=positive_int, help="drop labels longer than this")
     build.add_argument("--no-check", action="store_true",
                        help="copy image bytes without decoding them first (faster; bad images stay in)")
@@ -53,7 +54,8 @@ def register(subparsers) -> None:
     inspect = actions.add_parser(
         "inspect", help="counts, charset coverage, label lengths and a montage of samples",
         description="Summarise a dataset (any format open_dataset reads) and draw a montage of samples.")
-    inspect.add_argument("path", help="LMDB, LMDB tree, folder with labels.tsv, or label file")
+    inspect.add_argument("path", help="LMDB, LMDB tree, folder with labels.tsv, label file, or FSNS TFRecords "
+                                      "(a shard, a folder of shards or a quoted glob)")
     inspect.add_argument("--montage", help="montage PNG to write (default: <dataset name>_montage.png in the "
                                            "current folder)")
     inspect.add_argument("--no-montage", action="store_true", help="do not draw a montage")
@@ -96,7 +98,7 @@ def _sources(dataset) -> list[tuple[str, object]]:
 # ---- build ----------------------------------------------------------------------------------------------
 
 def run_build(args) -> int:
-    from ..data.datasets import open_dataset, write_lmdb
+    from ..data.datasets import MultiSourceDataset, open_dataset, write_lmdb
     from ..data.image import ImageError, load_image
 
     _configure_logging()
@@ -105,11 +107,14 @@ def run_build(args) -> int:
               file=sys.stderr)
         return 2
     start = time.perf_counter()
-    dataset = open_dataset(args.src, charset=args.charset, max_length=args.max_length,
-                           image_root=args.image_root, label_format=args.label_format)
+    opened = [open_dataset(src, charset=args.charset, max_length=args.max_length,
+                           image_root=args.image_root, label_format=args.label_format) for src in args.src]
+    dataset = opened[0] if len(opened) == 1 else MultiSourceDataset(
+        [source for part in opened for source in _sources(part)])
     report = dataset.report
     if len(dataset) == 0:  # nothing to write: say why instead of leaving an empty LMDB behind
-        print(f"masterocr data build: error: {shown(args.src)} holds no usable samples ({report})", file=sys.stderr)
+        print(f"masterocr data build: error: {', '.join(map(shown, args.src))} hold(s) no usable samples ({report})",
+              file=sys.stderr)
         return 2
     skipped: list[str] = []
     reasons: list[str] = []
@@ -133,10 +138,12 @@ def run_build(args) -> int:
     written = write_lmdb(args.out, samples(), layout=args.layout, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
     size_mb = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out)) / 1e6
-    print(f"read {report.total} entries from {args.src}")
+    print(f"read {report.total} entries from {', '.join(args.src)}")
     if report.dropped:
-        print(f"dropped {report.num_dropped} labels: " +
+        print(f"dropped {report.num_dropped} entries: " +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())))
+    for line in _fsns_notes(dataset):
+        print(line)
     if skipped:
         print(f"skipped {len(skipped)} unreadable images ({by_reason(reasons)}):")
         for line in skipped[:20]:
@@ -149,10 +156,10 @@ def run_build(args) -> int:
         print("masterocr data build: error: no readable samples (check the image paths and --image-root); "
               "nothing written", file=sys.stderr)
         return 1
-    malformed = report.dropped.get("malformed", 0)
+    malformed = report.num_malformed  # malformed lines, missing keys, damaged records
     if skipped or malformed:
-        print(f"masterocr data build: {len(skipped)} unreadable image(s) and {malformed} malformed entr"
-              f"{'y' if malformed == 1 else 'ies'} left out (named above); the others were written",
+        print(f"masterocr data build: {len(skipped)} unreadable image(s) and {malformed} malformed or damaged "
+              f"entr{'y' if malformed == 1 else 'ies'} left out (named above); the others were written",
               file=sys.stderr)
         return 1
     return 0
@@ -176,9 +183,11 @@ def _progress(total: int, desc: str):
 # ---- inspect --------------------------------------------------------------------------------------------
 
 def charset_coverage(labels: list[str]) -> dict[str, int]:
-    """For each built-in charset: how many labels lie wholly inside it after that charset's normalisation."""
+    """For each named charset (built-in and shipped): how many labels lie wholly inside it after that
+    charset's normalisation."""
     coverage = {}
-    for name, chars in BUILTIN_CHARSETS.items():
+    for name in charset_names():
+        chars = load_charset(name)
         allowed = frozenset(chars)
         coverage[name] = sum(1 for label in labels if allowed.issuperset(normalize_label(label, chars)))
     return coverage
@@ -197,6 +206,23 @@ def length_histogram(labels: list[str], width: int = 40, max_rows: int = 40) -> 
     peak = max(c for _, c in rows)
     label_w = max(len(r) for r, _ in rows)
     return [f"  {r:>{label_w}} | {'#' * (round(width * c / peak) if c else 0):<{width}} {c}" for r, c in rows]
+
+
+def _fsns_notes(dataset) -> list[str]:
+    """FSNS sources: damaged shards, records whose image/text disagrees with their ids, views per image."""
+    lines = []
+    for name, source in _sources(dataset):
+        if not hasattr(source, "shards"):
+            continue
+        for problem in source.shard_problems:
+            lines.append(f"  damaged shard: {problem}")
+        if source.text_mismatches:
+            lines.append(f"  {len(source.text_mismatches)} record(s) of {name} whose image/text differs from the "
+                         f"class ids (labels come from the ids), e.g. {source.text_mismatches[0]}")
+        if source.views:
+            views = ", ".join(f"{v}: {n}" for v, n in sorted(source.views.items()))
+            lines.append(f"  views per image in {name} (4 x orig_width / width): {views}")
+    return lines
 
 
 def _default_montage_path(path: str) -> str:
@@ -218,6 +244,8 @@ def run_inspect(args) -> int:
     labels = list(dataset.labels)
     total = len(labels)
     def kind(source) -> str:
+        if hasattr(source, "shards"):
+            return f"{source.format}, {len(source.shards)} shard{'s' if len(source.shards) > 1 else ''}"
         return f"LMDB, {source.layout} layout" if hasattr(source, "layout") else f"{source.format} label file"
 
     if len(sources) == 1:
@@ -230,6 +258,8 @@ def run_inspect(args) -> int:
     if report.dropped:
         print(f"  not counted: {report.num_dropped} entries (" +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) + ")")
+    for line in _fsns_notes(dataset):
+        print(line)
     if not total:
         print(f"masterocr data inspect: error: {shown(args.path)} holds no samples ({report})", file=sys.stderr)
         return 2
@@ -240,8 +270,10 @@ def run_inspect(args) -> int:
           f"mean {statistics.fmean(lengths):.1f}, max {max(lengths)}; {len(chars)} distinct characters")
 
     print("charset coverage (labels wholly inside, after the charset's normalisation):")
-    for name, n in charset_coverage(labels).items():
-        print(f"  {name:>3}: {n:>8} ({100.0 * n / total:.1f}%)")
+    coverage = charset_coverage(labels)
+    name_width = max(len(name) for name in coverage)
+    for name, n in coverage.items():
+        print(f"  {name:>{name_width}}: {n:>8} ({100.0 * n / total:.1f}%)")
     outside = {c: n for c, n in chars.items() if c not in BUILTIN_CHARSETS["94"]}
     if outside:
         listed = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])

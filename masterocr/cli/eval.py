@@ -11,13 +11,15 @@ from masterocr.cli.common import by_reason, non_negative_int, positive_int, show
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="benchmark a model: accuracy, 1 - NED, confidence, label length per dataset",
+        "eval", help="benchmark a model: accuracy, 1 - NED, char F1, confidence, label length per dataset",
         description="Evaluate MODEL (bundled name, .safetensors or training .ckpt) on each dataset under ROOT "
-                    "(a labels.tsv folder or an LMDB is one row; an LMDB tree gives one row per LMDB). Prints "
-                    "the Markdown table; --output also writes results.json, results.csv and the per-sample "
-                    "predictions. Unreadable images are reported and scored as empty predictions; a dataset that cannot be opened is "
-                    "reported and the others evaluated. The exit code is 1 when any image, label entry or "
-                    "dataset failed.")
+                    "(a labels.tsv folder, an LMDB, or FSNS TFRecords - a shard, a folder of shards or a quoted "
+                    "glob - is one row; an LMDB tree gives one row per LMDB). Prints the Markdown table; "
+                    "--output also writes results.json, results.csv and the per-sample predictions. Accuracy "
+                    "and Char F1 are what CRNN-Seq2Seq-OCR reports as annotation and character precision. "
+                    "Unreadable images are reported and scored as empty predictions; a dataset that cannot be "
+                    "opened is reported and the others evaluated. The exit code is 1 when any image, label "
+                    "entry or dataset failed.")
     p.add_argument("model", metavar="MODEL", help="bundled model name, .safetensors or .ckpt")
     p.add_argument("--data", nargs="+", required=True, metavar="ROOT", help="benchmark folders / LMDBs / trees")
     p.add_argument("--protocol", default="36", choices=["36", "62", "94", "raw"],
@@ -81,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             notes.append(f"{failed} unreadable image(s) ({by_reason(result.error_reasons)}), scored as empty "
                          "predictions")
         if malformed:
-            notes.append(f"{malformed} malformed entr{'y' if malformed == 1 else 'ies'} (label lines or LMDB "
-                         "entries that hold no sample, each named above) left out")
+            notes.append(f"{malformed} malformed or damaged entr{'y' if malformed == 1 else 'ies'} (label lines, "
+                         "LMDB entries or records that hold no sample, each named above) left out")
         for note in notes:
             print(f"masterocr eval: {note}", file=sys.stderr)
         sys.stdout.flush()
