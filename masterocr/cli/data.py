@@ -113,8 +113,8 @@ def run_build(args) -> int:
         [source for part in opened for source in _sources(part)])
     report = dataset.report
     if len(dataset) == 0:  # nothing to write: say why instead of leaving an empty LMDB behind
-        print(f"masterocr data build: error: {', '.join(map(shown, args.src))} hold(s) no usable samples ({report})",
-              file=sys.stderr)
+        print(f"masterocr data build: error: {', '.join(map(shown, args.src))} "
+              f"{'holds' if len(args.src) == 1 else 'hold'} no usable samples ({report})", file=sys.stderr)
         return 2
     skipped: list[str] = []
     reasons: list[str] = []
