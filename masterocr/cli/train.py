@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     elif summary.get("signal"):
         where = (f"checkpoint {summary['stopped_checkpoint']} at step {summary['global_step']}; continue with "
                  f"--resume {summary['stopped_checkpoint']}" if summary.get("stopped_checkpoint")
-                 else "stopped at once, nothing saved since the last periodic checkpoint")
+                 else f"stopped at step {summary['global_step']} without saving (the last periodic checkpoint, if "
+                      "any, stays as it was)")
         print(f"masterocr train: {summary['signal']}: {where}", file=sys.stderr)
     if summary.get("is_global_zero", True):
         print(json.dumps(summary))

@@ -160,7 +160,7 @@ class TrainingStopped(Exception):
     def __init__(self, signum: int, step: int, checkpoint: str | None):
         name = signal.Signals(signum).name
         where = (f"saved {checkpoint} at step {step}" if checkpoint else
-                 f"stopped at once at step {step}, nothing saved since the last periodic checkpoint")
+                 f"stopped at step {step} without saving (the last periodic checkpoint stays as it was)")
         super().__init__(f"{name} received: {where}")
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
@@ -204,11 +204,12 @@ class StopOnSignal(Callback):
                        "at once without one)", signal.Signals(signum).name)
 
     def install(self) -> None:
+        """Handle SIGINT/SIGTERM from now on (call before fitting; training start installs them again)."""
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may handle signals (e.g. training started from a worker thread)
         for sig in self.SIGNALS:
             previous = signal.signal(sig, self._handle)
-            self._previous.setdefault(sig, previous)
+            self._previous.setdefault(sig, previous)  # the first one installed over is what restore() puts back
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -218,7 +219,9 @@ class StopOnSignal(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._trainer = trainer
         self._seen_step = trainer.global_step
-        self.install()  # after Lightning registered its own SIGTERM handler (when fitting starts), replacing it
+        self.install()  # again: Lightning registers its own SIGTERM handler when fitting starts; replace it
+        if self.signum is not None:  # a signal during set-up or the sanity check: no step to finish
+            raise TrainingStopped(self.signum, trainer.global_step, None)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         stepped = trainer.global_step != self._seen_step  # a checkpoint between accumulated batches would not resume exactly

@@ -327,6 +327,7 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None,
     TrainingDiverged before anything non-finite is written (the last checkpoint stays the last good one).
     """
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from masterocr.models import build_model
     from masterocr.training.callbacks import RunCheckpoints, StopOnSignal, TrainingDiverged, TrainingStopped
@@ -394,10 +395,13 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None,
         OmegaConf.save(OmegaConf.create(config), output / "config.yaml")
         logger.info("run folder %s", output)
     summary: dict[str, Any] = {"output": str(output)}
+    stop.install()  # from here on a signal is ours to handle, also during set-up and the sanity check
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     except TrainingStopped as e:
         summary.update(signal=signal_name(e.signum), exit_code=e.exit_code, stopped_checkpoint=e.checkpoint)
+    except SIGTERMException:  # Lightning's own SIGTERM notice (e.g. under DDP, relayed from another rank)
+        summary.update(signal="SIGTERM", exit_code=128 + signal.SIGTERM, stopped_checkpoint=None)
     except TrainingDiverged as e:
         last = checkpoints.last_path if os.path.exists(checkpoints.last_path) else None
         kept = (f"{last} (step {checkpoint_step(last)}) is the last good checkpoint" if last
