@@ -464,6 +464,23 @@ def test_average_refuses_broken_sources_and_never_writes_inf(bad_weights, tmp_pa
     assert "/proc/nope/mean.safetensors: cannot write here" in capsys.readouterr().err
 
 
+def test_info_and_train_name_what_is_wrong_in_a_config(tmp_path, capsys):
+    configs = {"broken.yaml": ("model:\n  name: master\n  charset: [unclosed\n", "not valid YAML (line 4, column 1)"),
+               "list.yaml": ("- a\n- b\n", "expected a mapping of sections"),
+               "negative.yaml": ("base: master.yaml\nmodel:\n  d_model: -3\n", "negative dimension -3"),
+               "heads.yaml": ("base: master.yaml\nmodel:\n  d_model: 100\n  num_heads: 3\n",
+                              "d_model=100 is not divisible by num_heads=3")}
+    for name, (text, message) in configs.items():
+        (tmp_path / name).write_text(text)
+        assert main(["info", str(tmp_path / name)]) == 2
+        assert message in capsys.readouterr().err, name
+    (tmp_path / "mine.yaml").write_text("base: master-tiny.yaml\nmodel:\n  img_size: [32, 64]\n")
+    assert main(["info", str(tmp_path / "mine.yaml"), "--json"]) == 0   # `base:` names a shipped config too
+    assert json.loads(capsys.readouterr().out)["input_size"] == [3, 32, 64]
+    assert main(["train", "--config", str(tmp_path / "broken.yaml"), "--output", str(tmp_path / "r")]) == 2
+    assert "broken.yaml: not valid YAML" in capsys.readouterr().err
+
+
 def test_master_small_is_one_model(capsys):
     from masterocr.config import load_config, to_dict
     from masterocr.weights import bundled_names, read_model_config, resolve_model_config
