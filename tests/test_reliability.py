@@ -191,8 +191,9 @@ def test_read_cli_devices_and_attention_names(tiny_weights, tmp_path, capsys):
 def test_read_into_a_closed_pipe_stops_quietly(tiny_weights, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(40):
-        render_word(WORDS[i % len(WORDS)]).save(folder / f"{i:02d}.png")
+    render_word("cat").save(folder / "000.png")
+    for i in range(1, 300):  # far more than are read before the reader goes away
+        (folder / f"{i:03d}.png").write_bytes((folder / "000.png").read_bytes())
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "masterocr.cli.main", "read", str(folder), "--model",
                              str(tiny_weights), "--batch-size", "1"], stdout=subprocess.PIPE,
