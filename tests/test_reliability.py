@@ -480,6 +480,8 @@ def test_info_and_train_name_what_is_wrong_in_a_config(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["input_size"] == [3, 32, 64]
     assert main(["train", "--config", str(tmp_path / "broken.yaml"), "--output", str(tmp_path / "r")]) == 2
     assert "broken.yaml: not valid YAML" in capsys.readouterr().err
+    assert main(["info", "master-tiny", "--img-size", "4", "4"]) == 2
+    assert "input size 4x4: model 'master' cannot run on it" in capsys.readouterr().err
 
 
 def test_master_small_is_one_model(capsys):

@@ -73,6 +73,10 @@ def _same_architecture(config_name: str, model_cfg: dict) -> bool:
     return resolve_model_config(to_dict(load_config(config_name).model)) == resolve_model_config(model_cfg)
 
 
+def summary_name(model_cfg: dict) -> str:
+    return f"model {model_cfg.get('name')!r}"
+
+
 def parameter_parts(model) -> dict[str, int]:
     """Parameters per part; GC blocks are taken out of whatever part holds them."""
     from masterocr.models.layers import MultiAspectGCBlock
@@ -136,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
     tok = model.tokenizer
     parts = parameter_parts(model)
     total = sum(p.numel() for p in model.parameters())
-    gflops = count_flops(model, height, width)
+    try:
+        gflops = count_flops(model, height, width)
+    except RuntimeError as e:  # e.g. --img-size smaller than the CNN's downsampling
+        raise ValueError(f"input size {height}x{width}: {summary_name(model_cfg)} cannot run on it "
+                         f"({str(e).strip().splitlines()[0]})") from None
     summary = {
         "source": source, "name": model_cfg.get("name"), "parameters": total, "parameters_per_part": parts,
         "input_size": [model.in_channels, height, width], "memory": memory,
