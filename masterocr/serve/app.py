@@ -14,7 +14,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -266,6 +266,8 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None, loader
             info.update(describe(service.recognizer, config.model_name, config.backend))
         info.update(max_batch=config.max_batch, batch_wait_ms=config.batch_wait_ms, max_files=config.max_files,
                     max_upload_bytes=config.max_bytes)
+        if service.batcher is not None:  # model calls so far: how well concurrent requests are being batched
+            info["batching"] = asdict(service.batcher.stats)
         return {"models": [info]}
 
     read_body = {"required": True, "content": {
