@@ -71,8 +71,11 @@ def test_health_models_page_and_docs(client):
     assert client.get("/static/style.css").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/v1/read", "/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])
-    assert set(spec["paths"]["/v1/read"]["post"]["requestBody"]["content"]) == {"multipart/form-data",
-                                                                                "application/json"}
+    body = spec["paths"]["/v1/read"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+    refs = [body["application/json"]["schema"]["$ref"],
+            spec["components"]["schemas"]["ReadRequest"]["properties"]["images"]["items"]["$ref"]]
+    assert all(ref.split("/")[-1] in spec["components"]["schemas"] for ref in refs)  # every $ref resolves
     docs = client.get("/docs")
     assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # served from the package: works offline
 
@@ -344,3 +347,17 @@ def test_real_server_over_loopback(tiny_weights, monkeypatch):
         assert httpx2.post(f"{url}/v1/read", files=files(("cat.png", WORD_PNGS["cat"]))).status_code == 401
         assert httpx2.get(f"{url}/v1/models", headers=key).json()["models"][0]["name"] == "tiny"
         assert httpx2.get(f"{url}/healthz").json() == {"status": "ok"}
+
+
+def test_attention_of_a_keep_aspect_model_covers_only_the_image(tiny_weights):
+    rec = masterocr.load(tiny_weights, keep_aspect=True)
+    app = create_app(ServeConfig(model_name="tiny"), recognizer=rec)
+    word = render_word("sun")
+    short = Image.new("RGB", (word.width, 2 * word.height), "white")  # at height 32, narrower than the input
+    short.paste(word, (0, word.height // 2))
+    with TestClient(app) as c:
+        assert c.get("/v1/models").json()["models"][0]["keep_aspect"] is True
+        x = c.post("/v1/read?attention=true", files=files(("sun.png", png(short)))).json()["results"][0]
+    expected = min(64, round(short.width * 32 / short.height)) / 64
+    assert expected < 1 and x["attention"]["valid_fraction"] == pytest.approx(expected)
+    np.testing.assert_allclose(x["attention"]["maps"], rec.read(short).attention, atol=1e-3)

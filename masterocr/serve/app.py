@@ -191,7 +191,7 @@ class Service:
             if attention:
                 item["attention"] = None if result.attention is None else {
                     "valid_fraction": self.valid_fraction(size),
-                    "maps": np.round(np.asarray(result.attention, dtype=np.float32), 4).tolist()}  # (chars, Hf, Wf)
+                    "maps": np.round(np.asarray(result.attention, dtype=np.float64), 4).tolist()}  # (chars, Hf, Wf)
             out.append(item)
         return out
 
@@ -270,13 +270,24 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None, loader
             info["batching"] = asdict(service.batcher.stats)
         return {"models": [info]}
 
+    # The body is parsed by hand (streaming limits), so its two forms are declared for the docs here.
+    json_body = ReadRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    body_schemas = {"ReadRequest": json_body, **json_body.pop("$defs", {})}
     read_body = {"required": True, "content": {
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["files"],
             "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
                                      "description": "image files (every file part is read, whatever its name)"}}}},
-        "application/json": {"schema": ReadRequest.model_json_schema()},
+        "application/json": {"schema": {"$ref": "#/components/schemas/ReadRequest"}},
     }}
+    generate_openapi = app.openapi
+
+    def openapi() -> dict:
+        spec = generate_openapi()  # cached by FastAPI after the first call
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(body_schemas)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.post("/v1/read", tags=["v1"], summary="read the text in word images",
               dependencies=[Depends(require_key), Depends(require_ready)],
