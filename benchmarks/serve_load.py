@@ -6,7 +6,9 @@
    clients for --duration seconds, each sending one real word image per request (multipart) and waiting for
    the answer before the next. Prints requests/s, images/s, p50/p95/p99 latency, errors (non-200, a per-image
    error, or a text that differs from the in-process reading), the server's mean batch, its memory (RSS)
-   before and after, and the ratio to the in-process throughput.
+   before and after, and the ratio to the in-process throughput. On a shared machine wall-clock rates move
+   with the other load, so it also prints images per CPU-second of the server process against the same for
+   the in-process read: the server's own overhead (HTTP, multipart, JSON, threads), whatever else runs.
 3. Bad-request phase: 16 good clients run while one more client cycles through bad requests (oversize body,
    too many files, garbage bytes, a decompression bomb, malformed JSON, bad base64, wrong content type);
    every bad request must get its expected answer and every good one must succeed.
@@ -63,17 +65,18 @@ def word_images(count: int) -> tuple[list[tuple[str, bytes]], str]:
     return images, f"{count} rendered words (../shared/data is absent)"
 
 
-def in_process(model: str | None, images: list[bytes], batch_sizes: list[int], min_seconds: float) -> tuple[dict, list]:
-    """{batch size: images/s} of Recognizer.read on the PNG bytes (decoding included, as in the server),
-    and the texts it reads (the server must read the same)."""
+def in_process(model: str | None, images: list[bytes], batch_sizes: list[int],
+               min_seconds: float) -> tuple[dict, dict, list]:
+    """{batch size: images/s}, {batch size: images per CPU-second} of Recognizer.read on the image bytes
+    (decoding included, as in the server), and the texts it reads (the server must read the same)."""
     import masterocr
 
     rec = masterocr.load(model)
     texts = [r.text for r in rec.read(images, batch_size=max(batch_sizes))]
-    rates = {}
+    rates, cpu_rates = {}, {}
     for b in batch_sizes:
         rec.read(images[:b], batch_size=b)  # warm-up
-        done, start = 0, time.perf_counter()
+        done, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < min_seconds or done < 2 * b:
             chunk = images[done % len(images):][:b]
             if len(chunk) < b:
@@ -81,7 +84,8 @@ def in_process(model: str | None, images: list[bytes], batch_sizes: list[int], m
             rec.read(chunk, batch_size=b)
             done += b
         rates[b] = done / (time.perf_counter() - start)
-    return rates, texts
+        cpu_rates[b] = done / (time.process_time() - cpu)
+    return rates, cpu_rates, texts
 
 
 def free_port() -> int:
@@ -203,11 +207,12 @@ async def run_phase(url: str, clients: int, seconds: float, images, texts, serve
     def pct(p: float) -> float:
         return 1000 * lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
+    server_cpu = cpu_seconds(server_pid) - server_cpu
     return {"clients": clients, "requests": phase.requests, "wall": wall, "rps": phase.requests / wall,
             "ips": len(lat) / wall, "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99),
             "errors": phase.errors, "mean_batch": (stats["images"] - stats_before["images"]) / max(1, batches),
             "rss_before": rss_before, "rss_after": rss_mb(server_pid),
-            "server_cpu": (cpu_seconds(server_pid) - server_cpu) / wall,
+            "server_cpu": server_cpu / wall, "images_per_cpu_s": len(lat) / max(server_cpu, 1e-9),
             "client_cpu": (time.process_time() - own_cpu) / wall, "bad": outcome}
 
 
@@ -249,8 +254,9 @@ def main() -> None:
     batch_sizes = sorted({min(c, args.max_batch) for c in args.clients})
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.2f} at the start; torch threads {args.threads}; images: {source}")
-    rates, texts = in_process(args.model, data, batch_sizes, min_seconds=max(5.0, args.duration / 2))
-    print("# in-process Recognizer.read images/s: " + ", ".join(f"batch {b}: {r:.1f}" for b, r in rates.items()))
+    rates, cpu_rates, texts = in_process(args.model, data, batch_sizes, min_seconds=max(5.0, args.duration / 2))
+    print("# in-process Recognizer.read images/s (per CPU-second): "
+          + ", ".join(f"batch {b}: {r:.1f} ({cpu_rates[b]:.1f})" for b, r in rates.items()))
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -267,6 +273,7 @@ def main() -> None:
         for clients in args.clients:
             res = asyncio.run(run_phase(url, clients, args.duration, named, texts, proc.pid))
             res["in_process"] = rates[min(clients, args.max_batch)]
+            res["in_process_cpu"] = cpu_rates[min(clients, args.max_batch)]
             results.append(res)
         import httpx2
 
@@ -282,14 +289,16 @@ def main() -> None:
     print(f"# load average {os.getloadavg()[0]:.2f} at the end; batch wait {args.batch_wait_ms} ms, "
           f"max batch {args.max_batch}; {args.duration:.0f} s per phase")
     print("| clients | requests | req/s | img/s | in-process img/s (batch) | server/in-process | p50 ms | p95 ms "
-          "| p99 ms | p99/p50 | errors | mean batch | server RSS MB (start -> end) | server CPU | client CPU |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+          "| p99 ms | p99/p50 | errors | mean batch | server RSS MB (start -> end) | server CPU | client CPU "
+          "| img per CPU-s: server / in-process |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for r in results:
         b = min(r["clients"], args.max_batch)
         print(f"| {r['clients']} | {r['requests']} | {r['rps']:.1f} | {r['ips']:.1f} | {r['in_process']:.1f} ({b}) "
               f"| {r['ips'] / r['in_process']:.0%} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} "
               f"| {r['p99'] / r['p50']:.2f} | {len(r['errors'])} | {r['mean_batch']:.1f} "
-              f"| {r['rss_before']:.0f} -> {r['rss_after']:.0f} | {r['server_cpu']:.0%} | {r['client_cpu']:.0%} |")
+              f"| {r['rss_before']:.0f} -> {r['rss_after']:.0f} | {r['server_cpu']:.0%} | {r['client_cpu']:.0%} "
+              f"| {r['images_per_cpu_s']:.1f} / {r['in_process_cpu']:.1f} ({r['images_per_cpu_s'] / r['in_process_cpu']:.0%}) |")
         for e in r["errors"][:3]:
             print(f"#   error: {e}")
     print(f"\nBad-request phase: {args.bad_clients} good clients + 1 bad client, {args.duration:.0f} s")
@@ -302,7 +311,8 @@ def main() -> None:
         expect = f"{status}" + (f" + per-image error '{error}'" if error else "")
         print(f"  {kind:<20} expected {expect:<40} {ok}/{sent} as expected")
     if args.json:
-        Path(args.json).write_text(json.dumps({"in_process": rates, "phases": results, "bad": bad,
+        Path(args.json).write_text(json.dumps({"in_process": rates, "in_process_cpu": cpu_rates,
+                                               "phases": results, "bad": bad,
                                                "alive": alive}, indent=1, default=str))
 
 

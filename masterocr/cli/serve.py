@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
                      on_load_error=stop_on_load_error)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5))
+    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"masterocr serve: warning: listening on {args.host} without an API key: anyone who can reach "
+              "this address can use the model (--api-key-env VAR requires one)", file=sys.stderr)
     print(f"masterocr serve: {config.model_name} ({args.backend}) on http://{args.host}:{args.port}/ "
           f"(API docs at /docs{', API key required' if api_key else ''})", file=sys.stderr)
     server.run()

@@ -172,10 +172,11 @@ class Service:
         return content_width(image_size, height, width, keep_aspect) / width
 
     async def read(self, uploads: list[Upload], attention: bool) -> list[dict]:
+        assert self.batcher is not None
+        self.batcher.check_room(len(uploads))  # before decoding anything; submit checks again
         loop = asyncio.get_running_loop()
         prepared = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self.prepare, u) for u in uploads))
         good = [i for i, (item, _, _) in enumerate(prepared) if item is not None]
-        assert self.batcher is not None
         readings = dict(zip(good, await self.batcher.submit([prepared[i][0] for i in good])))
         out = []
         for i, (upload, (_, size, error)) in enumerate(zip(uploads, prepared)):

@@ -76,15 +76,19 @@ class Batcher:
                 future.set_result(failed("the server is shutting down"))
         self._executor.shutdown(wait=True)
 
+    def check_room(self, count: int) -> None:
+        """Raise QueueFull when `count` more images would not fit in the queue."""
+        if self.pending + count > self.max_pending:
+            raise QueueFull(f"{self.pending} images are waiting to be read (limit {self.max_pending}); "
+                            "try again shortly")
+
     async def submit(self, items: Sequence[Any]) -> list[ReadResult]:
         """Queue the prepared images of one request together and wait for their readings, in order."""
         if not items:
             return []
         if self._task is None:
             raise RuntimeError("the batcher is not running")
-        if self.pending + len(items) > self.max_pending:
-            raise QueueFull(f"{self.pending} images are waiting to be read (limit {self.max_pending}); "
-                            "try again shortly")
+        self.check_room(len(items))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures):
