@@ -361,3 +361,13 @@ def test_attention_of_a_keep_aspect_model_covers_only_the_image(tiny_weights):
     expected = min(64, round(short.width * 32 / short.height)) / 64
     assert expected < 1 and x["attention"]["valid_fraction"] == pytest.approx(expected)
     np.testing.assert_allclose(x["attention"]["maps"], rec.read(short).attention, atol=1e-3)
+
+
+def test_the_server_is_built_on_the_recognizer_contract_not_on_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, masterocr.serve.app, masterocr.serve.batcher, masterocr.serve.uploads; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('masterocr.models')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

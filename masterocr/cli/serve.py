@@ -40,8 +40,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from masterocr.serve.app import ServeConfig, create_app, model_display_name
-    from masterocr.serve.backends import load_recognizer
+    from masterocr.serve.app import ServeConfig, create_app
+    from masterocr.serve.backends import load_recognizer, model_display_name
 
     api_key = None
     if args.api_key_env:

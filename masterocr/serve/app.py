@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -313,12 +312,3 @@ def create_app(config: ServeConfig | None = None, recognizer: Any = None, loader
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def model_display_name(model: str | os.PathLike | None) -> str:
-    """What /v1/models calls a model: the bundled name, or a path's file name without suffix."""
-    if model is None:
-        from masterocr.recognizer import default_model_name
-
-        return default_model_name()
-    return Path(model).stem if (os.sep in str(model) or Path(model).suffix) else str(model)

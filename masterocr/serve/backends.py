@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -37,3 +39,12 @@ def describe(rec: Any, name: str, backend: str) -> dict:
     if charset is not None:
         info["charset_size"] = len(charset)
     return info
+
+
+def model_display_name(model: str | os.PathLike | None) -> str:
+    """What /v1/models calls a model: the bundled name, or a path's file name without suffix."""
+    if model is None:
+        from masterocr.recognizer import default_model_name
+
+        return default_model_name()
+    return Path(model).stem if (os.sep in str(model) or Path(model).suffix) else str(model)
