@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from masterocr.data.image import ImageSource, ImageTransform
+from masterocr.data.image import ImageError, ImageSource, ImageTransform
 from masterocr.reading import ReadResult, read_batched
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
@@ -61,6 +61,18 @@ def check_device(device: str | torch.device) -> torch.device:
         except Exception as e:
             raise ValueError(f"device {str(device)!r}: not usable here ({str(e).splitlines()[0]})") from None
     return dev
+
+
+def _looks_like_path(data: bytes) -> bool:
+    """Short printable UTF-8 text: what os.fsencode(path) gives, not image data (the file system is not asked,
+    so a server passing uploads through never reveals which paths exist)."""
+    if len(data) > 4096:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.isprintable() and ("/" in text or "." in text)
 
 
 class _Rotate:
@@ -165,7 +177,13 @@ class Recognizer:
 
     def preprocess(self, source: ImageSource) -> torch.Tensor:
         """One image -> (C, H, W) tensor. Raises ImageError naming the input."""
-        return self.transform(source)
+        try:
+            return self.transform(source)
+        except ImageError as e:
+            if isinstance(source, bytes) and e.reason == "not an image file" and _looks_like_path(source):
+                raise ImageError(f"{e}; bytes are read as encoded image data: to read a file, pass its path as "
+                                 "str", e.reason) from None
+            raise
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
              on_error: str = "auto") -> ReadResult | list[ReadResult]:

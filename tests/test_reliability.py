@@ -232,7 +232,7 @@ def test_read_api_gives_a_named_error_for_every_kind_of_bad_input(rec_tiny, tmp_
     inputs = [None, torch.zeros(3, 32, 64), os.fsencode(good), np.zeros((8, 8), np.int8) - 1,
               np.full((8, 8), np.nan), np.full((8, 8, 3), np.inf), np.zeros((3, 32, 64), np.float32),
               [str(good)], str(tmp_path), 7, str(good), open(good, "rb")]
-    expected = ["<None>: not an image input", "<torch.Tensor>: not an image input", "pass the path as str",
+    expected = ["<None>: not an image input", "<torch.Tensor>: not an image input", "pass its path as str",
                 "integer values must lie in 0..255", "NaN or infinite", "NaN or infinite", "channels first",
                 "a list of images goes to read() itself", "is a directory", "<int>: not an image input",
                 None, None]

@@ -173,7 +173,7 @@ def load_image(source: ImageSource, grayscale: bool = False, name: str | None = 
                 img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:  # checked from the header, before decoding
                 raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels, "
-                                 f"limit {MAX_PIXELS:,})", "too large")
+                                 f"limit {MAX_PIXELS})", "too large")
             img.load()  # decode now so truncation is caught here, not later
         img = ImageOps.exif_transpose(img) or img
         if img.width < 1 or img.height < 1:
@@ -183,12 +183,9 @@ def load_image(source: ImageSource, grayscale: bool = False, name: str | None = 
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
-        hint = ""
-        if isinstance(source, bytes) and len(source) < 4096 and os.path.isfile(source):
-            hint = "; these bytes name an existing file: pass the path as str (bytes are read as image data)"
-        raise ImageError(f"{name}: not an image file (unknown format){hint}", "not an image file") from None
+        raise ImageError(f"{name}: not an image file (unknown format)", "not an image file") from None
     except Image.DecompressionBombError:  # more than twice the limit: PIL refuses before we see the size
-        raise ImageError(f"{name}: image too large (more than {MAX_PIXELS:,} pixels, the limit)",
+        raise ImageError(f"{name}: image too large (more than {MAX_PIXELS} pixels, the limit)",
                          "too large") from None
     except Exception as e:  # PIL raises many types for bad files; name the input and move on
         raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})", "cannot decode") from None
