@@ -13,9 +13,10 @@ import string
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch  # imported where tensors are made, so scoring text (`masterocr metrics`) needs no torch
 
 DIGITS = string.digits
 LOWER = string.ascii_lowercase
@@ -272,6 +273,8 @@ class AttentionTokenizer(_Tokenizer):
 
     def encode(self, labels: Iterable[str], max_length: int | None = None) -> torch.Tensor:
         """labels -> (B, L + 2) ids: [BOS, c1..cn, EOS, PAD...], L = max_length (labels longer raise)."""
+        import torch
+
         max_length = self.max_length if max_length is None else max_length
         labels = list(labels)
         out = torch.full((len(labels), max_length + 2), self.pad_id, dtype=torch.long)
@@ -329,6 +332,8 @@ class CTCTokenizer(_Tokenizer):
 
     def encode(self, labels: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """labels -> (targets (B, max_len) padded with blank, lengths (B,)) for torch.nn.functional.ctc_loss."""
+        import torch
+
         encoded = [self._char_ids(label) for label in labels]
         width = max([len(e) for e in encoded] + [1])
         targets = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -339,6 +344,8 @@ class CTCTokenizer(_Tokenizer):
 
     def decode(self, probs: torch.Tensor) -> list[Decoded]:
         """Best-path decoding: probs (B, T, num_classes) -> collapse repeats, drop blanks."""
+        import torch
+
         max_probs, ids = probs.float().max(-1)
         results = []
         for row_ids, row_probs in zip(ids.tolist(), max_probs.tolist()):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from masterocr.data.image import ImageSource, ImageTransform
+from masterocr.data.image import ImageError, ImageSource, ImageTransform
 from masterocr.reading import ReadResult, read_batched
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
@@ -38,6 +38,41 @@ def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
     if degrees not in ops:
         raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
     return img.transpose(ops[degrees])
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """torch.device(device), or ValueError saying why it cannot be used here: not a device name, a torch built
+    without CUDA, no GPU visible, or no GPU of that index."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {str(device)!r}: not a device name (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is built for CPU only" if torch.version.cuda is None
+                   else "no CUDA GPU is visible to this process")
+            raise ValueError(f"device {str(device)!r}: {why} (torch {torch.__version__}); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} GPU(s) visible "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception as e:
+            raise ValueError(f"device {str(device)!r}: not usable here ({str(e).splitlines()[0]})") from None
+    return dev
+
+
+def _looks_like_path(data: bytes) -> bool:
+    """Short printable UTF-8 text: what os.fsencode(path) gives, not image data (the file system is not asked,
+    so a server passing uploads through never reveals which paths exist)."""
+    if len(data) > 4096:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.isprintable() and ("/" in text or "." in text)
 
 
 class _Rotate:
@@ -65,7 +100,9 @@ class Recognizer:
         self.tokenizer = model.tokenizer
         self.decode_method = decode_method
         self.beam_width = int(beam_width)
-        self.batch_size = max(1, int(batch_size))
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size {batch_size}: must be 1 or more")
+        self.batch_size = int(batch_size)
         self.precision = precision
         if keep_aspect is None:
             keep_aspect = bool(self.model_cfg.get("keep_aspect", getattr(model, "keep_aspect", False)))
@@ -79,8 +116,8 @@ class Recognizer:
     # ---- configuration ----
 
     def to(self, device: str | torch.device) -> "Recognizer":
-        """Move the model (e.g. `rec.to("cuda")`); returns self."""
-        device = torch.device(device)
+        """Move the model (e.g. `rec.to("cuda")`); returns self. ValueError for a device this torch lacks."""
+        device = check_device(device)
         with self._lock:
             self.model.to(device)
             self.device = device
@@ -140,7 +177,13 @@ class Recognizer:
 
     def preprocess(self, source: ImageSource) -> torch.Tensor:
         """One image -> (C, H, W) tensor. Raises ImageError naming the input."""
-        return self.transform(source)
+        try:
+            return self.transform(source)
+        except ImageError as e:
+            if isinstance(source, bytes) and e.reason == "not an image file" and _looks_like_path(source):
+                raise ImageError(f"{e}; bytes are read as encoded image data: to read a file, pass its path as "
+                                 "str", e.reason) from None
+            raise
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
              on_error: str = "auto") -> ReadResult | list[ReadResult]:
@@ -150,7 +193,8 @@ class Recognizer:
         `error` names it (empty text), and the others are still read. on_error="raise" raises ImageError
         instead; "auto" (default) raises for a single input and skips in a list (see reading.read_batched).
         """
-        return read_batched(x, self.preprocess, self.predict_batch, batch_size or self.batch_size, on_error)
+        return read_batched(x, self.preprocess, self.predict_batch,
+                            self.batch_size if batch_size is None else batch_size, on_error)
 
     def predict_batch(self, prepared: list[torch.Tensor], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
@@ -215,6 +259,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     from masterocr.models.layers import fold_batchnorm
     from masterocr.weights import load_model
 
+    check_device(device)  # before the weights are read: a wrong device is the quicker message
     if name_or_path is None:
         name_or_path = default_model_name()
     model, model_cfg = load_model(name_or_path, device="cpu", use_ema=use_ema)

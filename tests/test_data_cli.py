@@ -39,7 +39,7 @@ def test_build_and_inspect_a_folder(tmp_path, capsys):
         f.write("images/broken.png\tbroken\nimages/gone.png\tgone\n")
     out_lmdb = tmp_path / "words.lmdb"
 
-    assert main(["data", "build", str(folder), str(out_lmdb)]) == 0
+    assert main(["data", "build", str(folder), str(out_lmdb)]) == 1  # written, with 2 images left out
     out = capsys.readouterr().out
     assert "read 8 entries" in out and "skipped 2 unreadable images" in out
     assert "broken.png" in out and "gone.png" in out

@@ -270,7 +270,7 @@ def test_inspect_and_build_report_damage(tmp_path, capsys):
     assert "fsns:        4 (100.0%)" in out and montage.is_file()
 
     out_lmdb = tmp_path / "out.lmdb"
-    assert main(["data", "build", str(shard.parent), str(out_lmdb)]) == 0
+    assert main(["data", "build", str(shard.parent), str(out_lmdb)]) == 1  # written, damaged records left out
     out = capsys.readouterr().out
     assert "dropped 6 entries" in out and f"wrote 4 samples to {out_lmdb}" in out
     assert open_dataset(out_lmdb).labels == ["Rue A", "Rue E", "l’a", "a"]

@@ -7,15 +7,17 @@ import importlib
 import logging
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
 from collections import Counter
 
 from ..charset import BUILTIN_CHARSETS, charset_names, load_charset, normalize_label
-from ..data.datasets import LMDB_LAYOUTS, MultiSourceDataset, open_dataset, write_lmdb
-from ..data.image import ImageError, load_image
-from ..data.montage import make_montage
+from .common import by_reason, non_negative_int, positive_int, shown
+
+# The data layer (torch, LMDB, Pillow) is imported by the actions, not here: `--help` stays fast.
+LAYOUT_NAMES = ("master", "standard")  # data.datasets.LMDB_LAYOUTS (a test keeps them equal)
 
 GENERIC_NAMES = {"train", "test", "val", "valid", "validation", "labels", "gt", "data", "images", "lmdb"}
 
@@ -30,10 +32,11 @@ def register(subparsers) -> None:
         "build", help="write an LMDB from labelled folders, label files, LMDBs or FSNS TFRecords",
         description="Write every SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines "
                     "label file, an LMDB, or FSNS TFRecords: a shard, a folder of shards or a quoted glob) into "
-                    "one new LMDB at OUT. Unreadable images and damaged records are skipped and listed.")
+                    "one new LMDB at OUT. Unreadable images, damaged records and malformed label lines are "
+                    "skipped and listed, the others written; the exit code is then 1.")
     build.add_argument("src", nargs="+", help="folder with labels.tsv, a label file, an LMDB, or FSNS shards")
     build.add_argument("out", help="output LMDB directory (must not exist unless --overwrite)")
-    build.add_argument("--layout", choices=sorted(LMDB_LAYOUTS), default="standard",
+    build.add_argument("--layout", choices=LAYOUT_NAMES, default="standard",
                        help="key layout: standard (num-samples/image-%%09d/label-%%09d) or master "
                             "(nSamples/image-{i}/transcript-{i}); default standard")
     build.add_argument("--image-root", help="folder the label file's image paths are relative to "
@@ -42,7 +45,7 @@ def register(subparsers) -> None:
                        help="label file format (default: detected)")
     build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, fsns, a file or "
                                          "a string), normalised for it; default: keep labels as they are")
-    build.add_argument("--max-length", type=int, help="drop labels longer than this")
+    build.add_argument("--max-length", type=positive_int, help="drop labels longer than this")
     build.add_argument("--no-check", action="store_true",
                        help="copy image bytes without decoding them first (faster; bad images stay in)")
     build.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -56,10 +59,10 @@ def register(subparsers) -> None:
     inspect.add_argument("--montage", help="montage PNG to write (default: <dataset name>_montage.png in the "
                                            "current folder)")
     inspect.add_argument("--no-montage", action="store_true", help="do not draw a montage")
-    inspect.add_argument("--samples", type=int, default=32, help="images in the montage (default 32)")
-    inspect.add_argument("--columns", type=int, default=4, help="montage columns (default 4)")
+    inspect.add_argument("--samples", type=non_negative_int, default=32, help="images in the montage (default 32)")
+    inspect.add_argument("--columns", type=positive_int, default=4, help="montage columns (default 4)")
     inspect.add_argument("--seed", type=int, default=0, help="which random samples to show (default 0)")
-    inspect.add_argument("--size-samples", type=int, default=1000,
+    inspect.add_argument("--size-samples", type=non_negative_int, default=1000,
                          help="images whose width/height are read for size statistics (default 1000)")
     inspect.add_argument("--image-root", help="folder a label file's image paths are relative to")
     inspect.set_defaults(func=run_inspect)
@@ -87,12 +90,17 @@ def _configure_logging() -> None:
 
 
 def _sources(dataset) -> list[tuple[str, object]]:
+    from ..data.datasets import MultiSourceDataset
+
     return dataset.sources if isinstance(dataset, MultiSourceDataset) else [(dataset.source, dataset)]
 
 
 # ---- build ----------------------------------------------------------------------------------------------
 
 def run_build(args) -> int:
+    from ..data.datasets import MultiSourceDataset, open_dataset, write_lmdb
+    from ..data.image import ImageError, load_image
+
     _configure_logging()
     if os.path.exists(args.out) and not args.overwrite:
         print(f"masterocr data build: error: {args.out} already exists (use --overwrite to replace it)",
@@ -104,7 +112,12 @@ def run_build(args) -> int:
     dataset = opened[0] if len(opened) == 1 else MultiSourceDataset(
         [source for part in opened for source in _sources(part)])
     report = dataset.report
+    if len(dataset) == 0:  # nothing to write: say why instead of leaving an empty LMDB behind
+        print(f"masterocr data build: error: {', '.join(map(shown, args.src))} "
+              f"{'holds' if len(args.src) == 1 else 'hold'} no usable samples ({report})", file=sys.stderr)
+        return 2
     skipped: list[str] = []
+    reasons: list[str] = []
 
     def samples():
         progress = _progress(len(dataset), "build")
@@ -112,11 +125,12 @@ def run_build(args) -> int:
             progress.update()
             try:
                 data, label, name = dataset.raw(index)
-                if not args.no_check:
-                    load_image(data)  # full decode: truncated, empty and non-image files are caught here
+                if not args.no_check:  # full decode: truncated, empty and non-image files are caught here
+                    load_image(data, name=name)
             except ImageError as e:
                 message = str(e) if str(e).startswith(dataset.name(index)) else f"{dataset.name(index)}: {e}"
                 skipped.append(message)
+                reasons.append(e.reason)
                 continue
             yield data, label
         progress.close()
@@ -131,14 +145,21 @@ def run_build(args) -> int:
     for line in _fsns_notes(dataset):
         print(line)
     if skipped:
-        print(f"skipped {len(skipped)} unreadable images:")
+        print(f"skipped {len(skipped)} unreadable images ({by_reason(reasons)}):")
         for line in skipped[:20]:
-            print(f"  {line}")
+            print(f"  {shown(line)}")
         if len(skipped) > 20:
             print(f"  ... and {len(skipped) - 20} more")
     print(f"wrote {written} samples to {args.out} ({args.layout} layout, {size_mb:.1f} MB) in {elapsed:.1f} s")
     if not written:
-        print("masterocr data build: error: no readable samples (check the image paths and --image-root)",
+        shutil.rmtree(args.out, ignore_errors=True)  # an empty LMDB is not a result
+        print("masterocr data build: error: no readable samples (check the image paths and --image-root); "
+              "nothing written", file=sys.stderr)
+        return 1
+    malformed = report.num_malformed  # malformed lines, missing keys, damaged records
+    if skipped or malformed:
+        print(f"masterocr data build: {len(skipped)} unreadable image(s) and {malformed} malformed or damaged "
+              f"entr{'y' if malformed == 1 else 'ies'} left out (named above); the others were written",
               file=sys.stderr)
         return 1
     return 0
@@ -213,6 +234,10 @@ def _default_montage_path(path: str) -> str:
 
 
 def run_inspect(args) -> int:
+    from ..data.datasets import open_dataset
+    from ..data.image import ImageError, load_image
+    from ..data.montage import make_montage
+
     _configure_logging()
     dataset = open_dataset(args.path, image_root=args.image_root)
     sources = _sources(dataset)
@@ -236,7 +261,8 @@ def run_inspect(args) -> int:
     for line in _fsns_notes(dataset):
         print(line)
     if not total:
-        return 1
+        print(f"masterocr data inspect: error: {shown(args.path)} holds no samples ({report})", file=sys.stderr)
+        return 2
 
     lengths = [len(label) for label in labels]
     chars = Counter(c for label in labels for c in label)
@@ -250,9 +276,9 @@ def run_inspect(args) -> int:
         print(f"  {name:>{name_width}}: {n:>8} ({100.0 * n / total:.1f}%)")
     outside = {c: n for c, n in chars.items() if c not in BUILTIN_CHARSETS["94"]}
     if outside:
-        shown = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])
+        listed = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])
         more = f" (+{len(outside) - 30} more)" if len(outside) > 30 else ""
-        print(f"characters outside 94 ({len(outside)}): {shown}{more}")
+        print(f"characters outside 94 ({len(outside)}): {listed}{more}")
     else:
         print("characters outside 94: none")
 
@@ -279,8 +305,8 @@ def run_inspect(args) -> int:
         items, unreadable = [], 0
         for i in picks:
             try:
-                data, label, _ = dataset.raw(i)
-                items.append((load_image(data), label))
+                data, label, name = dataset.raw(i)
+                items.append((load_image(data, name=name), label))
             except ImageError as e:
                 logging.getLogger(__name__).warning("%s", e)
                 items.append((None, labels[i]))

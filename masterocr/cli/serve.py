@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from masterocr.cli.common import non_negative_int, positive_int
+
 
 def register(subparsers) -> None:
     from masterocr.serve.backends import BACKENDS
@@ -19,15 +21,15 @@ def register(subparsers) -> None:
                    help="bundled model name, .safetensors or .ckpt (default: the bundled model)")
     p.add_argument("--backend", default="torch", choices=sorted(BACKENDS), help="inference backend (default: torch)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=64, metavar="N", help="images per model call (default: 64)")
+    p.add_argument("--port", type=non_negative_int, default=8000)
+    p.add_argument("--max-batch", type=positive_int, default=64, metavar="N", help="images per model call (default: 64)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, metavar="MS",
                    help="how long the first image of a batch waits for more (default: 10)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
                    help="largest request body; larger ones get 413 (default: 10)")
-    p.add_argument("--max-files", type=int, default=64, metavar="N",
+    p.add_argument("--max-files", type=positive_int, default=64, metavar="N",
                    help="most images in one request; more get 413 (default: 64)")
-    p.add_argument("--max-queue", type=int, default=None, metavar="N",
+    p.add_argument("--max-queue", type=positive_int, default=None, metavar="N",
                    help="images waiting for the model before new requests get 503 "
                         "(default: max(8 x max-batch, 2 x max-files))")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
