@@ -108,6 +108,7 @@ class CTCObjective(Objective):
 OBJECTIVES: dict[str, type[Objective] | str] = {
     "teacher_forcing": TeacherForcing,
     "ctc": CTCObjective,
+    "plm": "masterocr.training.plm:PermutationLM",
 }
 
 
