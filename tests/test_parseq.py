@@ -191,3 +191,52 @@ def test_overfits_a_few_dozen_rendered_words():
         result = decode(model, images, method=method)
         assert [d.text for d in result.decoded(model.tokenizer)] == WORDS, method
     assert steps <= 400
+
+
+# ---- the shared training engine ------------------------------------------------------------------------------
+
+def test_masterocr_train_parseq_with_ema_aux_ctc_validation_checkpoints_and_resume(tmp_path, capsys):
+    """`masterocr train` on a parseq-tiny: PLM loss through the shared Lightning module, EMA, auxiliary CTC on
+    the ViT memory, validation decoding, checkpoints, --resume, and exported weights that read."""
+    import json
+
+    from wordimages import render_word
+
+    from masterocr.cli.main import main as cli_main
+    from masterocr.weights import load_model
+
+    words = WORDS[:6]
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    for i, word in enumerate(words):
+        render_word(word).save(tmp_path / "data" / "images" / f"{i}.png")
+    (tmp_path / "data" / "labels.tsv").write_text("".join(f"images/{i}.png\t{w}\n" for i, w in enumerate(words)))
+    cfg = {"base": "parseq-tiny",
+           "model": {"charset": "36", "max_label_length": 8, "img_size": [32, 64], "encoder_depth": 2},
+           "data": {"train": [{"path": str(tmp_path / "data")}],
+                    "val": [{"name": "words", "path": str(tmp_path / "data")}], "augment": "none", "num_workers": 0},
+           "train": {"batch_size": 6, "max_steps": 4, "lr": 1e-3, "lr_scaling": "none", "warmup": 1, "schedule": "cosine",
+                     "val_every_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 1, "progress_refresh": 0,
+                     "num_sanity_val_steps": 0, "num_threads": 1, "ema": True, "ema_decay": 0.5,
+                     "aux_ctc_weight": 0.3, "plm_permutations": 4}}
+    path = tmp_path / "parseq.yaml"
+    path.write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", str(path), "--output", str(run), "--quiet"]) == 0
+    summary = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
+    assert summary["global_step"] == 4 and summary["best_score"] is not None
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(k.startswith("objective.aux_ctc.") for k in ckpt["state_dict"])
+    assert "masterocr_ema_state_dict" in ckpt
+    metrics = (run / "csv" / "metrics.csv").read_text()
+    assert "train/plm" in metrics and "train/ctc" in metrics and "val/words/acc" in metrics
+
+    assert cli_main(["train", "--resume", str(run / "checkpoints" / "last.ckpt"), "train.max_steps=6",
+                     "--quiet"]) == 0
+    summary = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
+    assert summary["global_step"] == 6
+    model, model_cfg = load_model(run / "weights" / "final.safetensors")  # strict: no aux head inside
+    assert model_cfg["name"] == "parseq" and model_cfg["encoder_depth"] == 2
+    ema = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["masterocr_ema_state_dict"]
+    assert torch.equal(model.head.bias, ema["head.bias"])
+    result = decode(model, word_images(words), method="nar", refine_iters=2)
+    assert result.token_ids.shape[0] == 6
