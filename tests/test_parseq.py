@@ -240,3 +240,16 @@ def test_masterocr_train_parseq_with_ema_aux_ctc_validation_checkpoints_and_resu
     assert torch.equal(model.head.bias, ema["head.bias"])
     result = decode(model, word_images(words), method="nar", refine_iters=2)
     assert result.token_ids.shape[0] == 6
+
+
+def test_bundled_parseq_recipe_selects_on_held_out_training_data_only():
+    from masterocr.training.runner import resolve_run_config
+
+    cfg = resolve_run_config("bundled-parseq-cpu")
+    train, val = cfg.data.train, cfg.data.val
+    assert cfg.model.name == "parseq" and cfg.train.precision == "bf16-mixed" and cfg.train.ema
+    iiit_train = [s for s in train if "IIIT5K" in str(s.get("path"))]
+    iiit_val = [s for s in val if "IIIT5K" in str(s.path)]
+    assert len(iiit_train) == len(iiit_val) == 1 and iiit_train[0].holdout == iiit_val[0].holdout
+    paths = [str(s.get("path")) for s in list(train) + list(val)]
+    assert not any("/test" in p for p in paths)
