@@ -28,7 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--holdout-seed", type=int, default=0, help="the holdout's seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
+    p.add_argument("--decode", default="greedy", choices=["greedy", "beam", "nar"],
+                   help="greedy or beam: autoregressive; nar: all positions at once (PARSeq)")
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="cloze refinement passes after decoding (PARSeq; default: the model's own, 1)")
     p.add_argument("--beam-width", type=int, default=5)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default 0)")
     p.add_argument("--output", metavar="DIR", help="write results.json, results.csv and predictions*.tsv here")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.holdout is not None:
         holdout = parse_holdout({"fraction": args.holdout, "seed": args.holdout_seed}, where="--holdout")
     rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
-               batch_size=args.batch_size)
+               batch_size=args.batch_size, refine_iters=args.refine)
     benchmarks = open_benchmarks(args.data, holdout=holdout)
     results = []
     for rotation in dict.fromkeys(args.rotation):

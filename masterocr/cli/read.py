@@ -25,7 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines with per-character probabilities")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
+    p.add_argument("--decode", default="greedy", choices=["greedy", "beam", "nar"],
+                   help="greedy or beam: autoregressive; nar: all positions at once (PARSeq)")
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="cloze refinement passes after decoding (PARSeq; default: the model's own, 1)")
     p.add_argument("--beam-width", type=int, default=5)
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="write per image a PNG of the decoder attention for each character")
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     paths, failed = expand_inputs(args.inputs)
     for message in failed:
         print(f"masterocr read: {message}", file=sys.stderr)
-    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width)
+    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
+               refine_iters=args.refine)
     out_dir = Path(args.attention) if args.attention else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
