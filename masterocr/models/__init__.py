@@ -14,6 +14,7 @@ from torch import nn
 MODELS: dict[str, str] = {
     "master": "masterocr.models.master:build_master",
     "parseq": "masterocr.models.parseq:build_parseq",
+    "vitstr": "masterocr.models.vitstr:build_vitstr",
 }
 
 

@@ -22,7 +22,7 @@ and cloze passes the shared decoder calls for `method="nar"` and `refine_iters`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 from ...charset import AttentionTokenizer
 from ..layers.attention import KVCache, MultiHeadAttention, causal_mask, step_mask
 from ..layers.vit import MLP, ViTEncoder, vit_init
+from ..model_config import parse_model_config
 
 DECODER_LN_EPS = 1e-5  # PyTorch's default, as in strhub's decoder (the ViT encoder uses 1e-6)
 
@@ -56,26 +57,9 @@ class ParseqConfig:
     refine_iters: int = 1            # default cloze refinement passes after decoding (strhub's default)
 
     @classmethod
-    def from_model_cfg(cls, model_cfg: Mapping[str, Any] | Any, name: str = "parseq") -> "ParseqConfig":
+    def from_model_cfg(cls, model_cfg: Mapping[str, Any] | Any) -> "ParseqConfig":
         """Build from the `model:` section (dict or DictConfig); unknown keys are an error naming them."""
-        if hasattr(model_cfg, "_metadata"):  # OmegaConf DictConfig -> plain dict
-            from omegaconf import OmegaConf
-            model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-        values = dict(model_cfg)
-        given = values.pop("name", name)
-        if given != name:
-            raise ValueError(f"model.name={given!r}: {cls.__name__} builds {name!r} models only")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
-        for key, value in values.items():
-            if isinstance(value, (list, tuple)):
-                values[key] = tuple(value)
-        cfg = cls(**values)
-        for key in ("img_size", "patch_size"):
-            if len(getattr(cfg, key)) != 2:
-                raise ValueError(f"model.{key}={getattr(cfg, key)!r} must be [height, width]")
+        cfg = parse_model_config(cls, model_cfg, "parseq", ("img_size", "patch_size"))
         if cfg.refine_iters < 0:
             raise ValueError(f"model.refine_iters={cfg.refine_iters} must be >= 0")
         return cfg
@@ -240,8 +224,8 @@ class PARSeq(nn.Module):
         own = torch.eye(t, dtype=torch.bool, device=token_ids.device).roll(1, dims=1)  # (T, T): (t, t+1)
         own[-1, 0] = False
         query_mask = torch.zeros((t, t), device=token_ids.device).masked_fill(own, float("-inf"))
-        content_mask = causal_mask(t, token_ids.device)
-        return self.decode_masked(memory_kv or self.memory_kv(memory), context, query_mask, content_mask,
+        # With several layers, the context stream is masked the same way (strhub's refinement does so too).
+        return self.decode_masked(memory_kv or self.memory_kv(memory), context, query_mask, query_mask,
                                   padding, need_weights=need_weights)
 
     def _check_steps(self, steps: int) -> None:
