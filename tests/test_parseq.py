@@ -253,3 +253,17 @@ def test_bundled_parseq_recipe_selects_on_held_out_training_data_only():
     assert len(iiit_train) == len(iiit_val) == 1 and iiit_train[0].holdout == iiit_val[0].holdout
     paths = [str(s.get("path")) for s in list(train) + list(val)]
     assert not any("/test" in p for p in paths)
+
+
+def test_info_gives_parts_and_gflops_for_ar_and_nar(capsys):
+    import json
+
+    from masterocr.cli.main import main as cli_main
+
+    assert cli_main(["info", "parseq-tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 6_018_143 and sum(info["parameters_per_part"].values()) == 6_018_143
+    assert set(info["parameters_per_part"]) == {"encoder", "decoder", "head"}
+    g = info["gflops_per_image"]
+    assert g["AR read + 1 refinement (total)"] > g["NAR read + 1 refinement (total)"] > g["encoder"] > 1.0
+    assert info["memory"] == {"feature_map": [8, 16], "tokens": 128}

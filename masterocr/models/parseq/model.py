@@ -168,7 +168,7 @@ class PARSeq(nn.Module):
         b, s = tokens.shape
         t = s if num_queries is None else int(num_queries)
         content = self.embed_context(tokens)  # (B, S, D)
-        query = self.dropout(self.pos_queries[:, :t].expand(b, -1, -1).to(content.dtype))  # (B, T, D)
+        query = self.dropout(self.pos_queries[:, :t].repeat(b, 1, 1).to(content.dtype))  # (B, T, D)
         pad = None
         if padding_mask is not None:  # (B, S) -> additive (B, 1, 1, S)
             pad = torch.zeros(padding_mask.shape, dtype=content.dtype, device=tokens.device)
