@@ -59,3 +59,10 @@ def test_cross_entropy_training_learns():
     assert set(parts) == {"ce"} and losses[-1] < 0.2 * losses[0]
     texts = [d.text for d in decode(model, images).decoded(model.tokenizer)]
     assert texts == labels
+
+
+def test_aux_ctc_is_refused_with_a_reason():
+    model = tiny()
+    objective = build_objective(model, {"aux_ctc_weight": 0.5})
+    with pytest.raises(ValueError, match="ViTSTR: train.aux_ctc_weight needs a memory of 8 x 8"):
+        objective(model, torch.randn(2, 3, 32, 64), ["ab", "c"])
