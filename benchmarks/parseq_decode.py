@@ -164,8 +164,11 @@ def main() -> None:
                "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
     print(f"{cpu}; torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.2f} at "
           f"start; PARSeq-S 32x128, random weights; best of {args.repeats} interleaved rounds")
-    print(f"word lengths: {source}; batch-1 word {lengths[0].item()} chars; batch of 64: mean "
-          f"{lengths.float().mean():.2f}, max {lengths.max().item()}")
+    if args.lengths == "max":
+        print(f"word lengths: {source}")
+    else:
+        print(f"word lengths: {source}; batch-1 word {lengths[0].item()} chars; batch of 64: mean "
+              f"{lengths.float().mean():.2f}, max {lengths.max().item()}")
     header = "| row | ours ms/batch | ours img/s | strhub ms/batch | strhub img/s | ours / strhub | same tokens |"
     print(header)
     print("|---|---:|---:|---:|---:|---:|---|")
