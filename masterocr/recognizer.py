@@ -24,7 +24,7 @@ from masterocr.reading import ReadResult, read_batched
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
 PREFERRED_DEFAULTS = ("master-small", "master", "master-tiny")
-DECODE_METHODS = ("greedy", "beam")
+DECODE_METHODS = ("greedy", "beam", "nar")
 ROTATIONS = (0, 90, 180, 270)
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,9 +90,12 @@ class Recognizer:
 
     def __init__(self, model: torch.nn.Module, model_cfg: dict | None = None, device: str | torch.device = "cpu",
                  decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
-                 batch_size: int = 32, precision: str = "fp32"):
+                 batch_size: int = 32, precision: str = "fp32", refine_iters: int | None = None):
+        from masterocr.decoding import check_decoding
+
         if decode_method not in DECODE_METHODS:
             raise ValueError(f"decode method {decode_method!r}: choose one of {DECODE_METHODS}")
+        check_decoding(model, decode_method, refine_iters)  # e.g. "nar" on a model without a parallel decoder
         if precision not in _PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {sorted(_PRECISIONS)}")
         self.model = model  # decoding switches it to eval mode per call and restores the caller's mode
@@ -100,6 +103,7 @@ class Recognizer:
         self.tokenizer = model.tokenizer
         self.decode_method = decode_method
         self.beam_width = int(beam_width)
+        self.refine_iters = None if refine_iters is None else int(refine_iters)  # None: the model's default
         if int(batch_size) < 1:
             raise ValueError(f"batch_size {batch_size}: must be 1 or more")
         self.batch_size = int(batch_size)
@@ -159,7 +163,7 @@ class Recognizer:
         with self._lock, torch.inference_mode(), self._autocast():
             images = images.to(self.device, non_blocking=True)
             result = decode(self.model, images, method=self.decode_method, beam_width=self.beam_width,
-                            need_attention=need_attention)
+                            need_attention=need_attention, refine_iters=self.refine_iters)
             result.probs = result.probs.float().cpu()                 # (B, T, num_classes)
             result.token_ids = result.token_ids.cpu()                 # (B, T)
             attention = None if result.attention is None else result.attention.float().cpu()  # (B, T, Hf, Wf)
@@ -251,10 +255,13 @@ def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
 
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
-         batch_size: int = 32, precision: str = "fp32", use_ema: bool = True) -> Recognizer:
+         batch_size: int = 32, precision: str = "fp32", use_ema: bool = True,
+         refine_iters: int | None = None) -> Recognizer:
     """A Recognizer from a bundled model name, a .safetensors file or a training checkpoint (.ckpt).
 
     Without a name, the bundled model is used (an error says how to pass a path when none is bundled).
+    decode_method: "greedy", "beam" or "nar" (models with a parallel decoder, e.g. PARSeq); refine_iters:
+    cloze refinement passes after decoding (models that refine; None: the model's own default).
     """
     from masterocr.models.layers import fold_batchnorm
     from masterocr.weights import load_model
@@ -270,7 +277,8 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     if keep_aspect is None:
         keep_aspect = stored_keep_aspect(name_or_path)
     return Recognizer(model, model_cfg, device=device, decode_method=decode_method, beam_width=beam_width,
-                      keep_aspect=keep_aspect, batch_size=batch_size, precision=precision)
+                      keep_aspect=keep_aspect, batch_size=batch_size, precision=precision,
+                      refine_iters=refine_iters)
 
 
 # ---- attention pictures ---------------------------------------------------------------------------------

@@ -34,7 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--holdout-seed", type=int, default=0, help="the holdout's seed (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
+    p.add_argument("--decode", default="greedy", choices=["greedy", "beam", "nar"],
+                   help="greedy or beam: autoregressive; nar: all positions at once (PARSeq)")
+    p.add_argument("--refine", type=non_negative_int, default=None, metavar="N",
+                   help="cloze refinement passes after decoding (PARSeq; default: the model's own, 1)")
     p.add_argument("--beam-width", type=positive_int, default=5)
     p.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers decoding images (default 0)")
     p.add_argument("--output", metavar="DIR", help="write results.json, results.csv and predictions*.tsv here")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print("masterocr eval: error: no dataset to evaluate", file=sys.stderr)
         return 2
     rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
-               batch_size=args.batch_size)
+               batch_size=args.batch_size, refine_iters=args.refine)
     results = []
     any_failed = bool(unusable)
     for rotation in dict.fromkeys(args.rotation):

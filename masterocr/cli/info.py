@@ -17,7 +17,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 # Top-level attribute -> part name; anything else is reported under its own attribute name.
 PARTS = {"backbone": "backbone", "memory_proj": "encoder", "memory_pos": "encoder", "encoder": "encoder",
          "encoder_norm": "encoder", "embed": "decoder", "target_pos": "decoder", "decoder": "decoder",
-         "norm": "decoder", "head": "head"}
+         "norm": "decoder", "head": "head", "pos_queries": "decoder"}
 PART_ORDER = ["backbone", "GC blocks", "encoder", "decoder", "head"]
 
 
@@ -82,8 +82,9 @@ def parameter_parts(model) -> dict[str, int]:
     from masterocr.models.layers import MultiAspectGCBlock
 
     parts: dict[str, int] = {}
-    for name, child in model.named_children():
-        n = sum(p.numel() for p in child.parameters())
+    own = [(name, [p]) for name, p in model.named_parameters(recurse=False)]  # e.g. PARSeq's pos_queries
+    for name, params in [(name, list(child.parameters())) for name, child in model.named_children()] + own:
+        n = sum(p.numel() for p in params)
         if n:
             part = PARTS.get(name, name)
             parts[part] = parts.get(part, 0) + n
@@ -110,7 +111,8 @@ def count_flops(model, height: int, width: int) -> dict[str, float]:
 
     images = torch.zeros(1, model.in_channels, height, width)
     out: dict[str, float] = {}
-    with torch.inference_mode():
+    steps = getattr(model, "max_steps", 0)
+    with torch.no_grad():  # not inference_mode: views of parameters made there trip the FLOP counter's hooks
         if hasattr(model, "decode_step"):
             memory = model.encode(images)
             out["encoder"] = flops(lambda: model.encode(images))
@@ -118,12 +120,26 @@ def count_flops(model, height: int, width: int) -> dict[str, float]:
             cache = model.init_cache(memory)
             token = torch.full((1,), model.tokenizer.bos_id)
             out["decoder step (cached)"] = flops(lambda: model.decode_step(token, torch.tensor(0), cache, False))
-            steps = model.max_steps
             out[f"read, {steps} cached steps (total)"] = (out["encoder"] + out["cache setup (memory K/V, once)"]
                                                         + steps * out["decoder step (cached)"])
             targets = torch.full((1, steps), model.tokenizer.bos_id)
             out[f"training forward, {steps} positions"] = flops(lambda: model(images, targets))
-        else:
+        if hasattr(model, "decode_parallel"):  # non-autoregressive: every position in one pass
+            memory = model.encode(images)
+            out.setdefault("encoder", flops(lambda: model.encode(images)))
+            out[f"NAR pass, {steps} positions"] = flops(lambda: model.decode_parallel(memory, steps))
+            out["NAR read (total)"] = out["encoder"] + out[f"NAR pass, {steps} positions"]
+        if hasattr(model, "refine"):
+            ids = torch.zeros((1, steps), dtype=torch.long)
+            out[f"refinement pass, {steps} positions"] = flops(lambda: model.refine(memory, ids))
+            iters = int(getattr(model, "refine_iters", 0) or 0)
+            if iters and hasattr(model, "decode_step"):
+                out[f"AR read + {iters} refinement (total)"] = (out[f"read, {steps} cached steps (total)"]
+                                                               + iters * out[f"refinement pass, {steps} positions"])
+            if iters:
+                out[f"NAR read + {iters} refinement (total)"] = (out["NAR read (total)"]
+                                                                + iters * out[f"refinement pass, {steps} positions"])
+        if not out:
             out["forward"] = flops(lambda: model(images))
     return out
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from masterocr.cli.common import by_reason, json_line, positive_int, shown, tsv_field
+from masterocr.cli.common import by_reason, json_line, non_negative_int, positive_int, shown, tsv_field
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -29,7 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines with per-character probabilities")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
+    p.add_argument("--decode", default="greedy", choices=["greedy", "beam", "nar"],
+                   help="greedy or beam: autoregressive; nar: all positions at once (PARSeq)")
+    p.add_argument("--refine", type=non_negative_int, default=None, metavar="N",
+                   help="cloze refinement passes after decoding (PARSeq; default: the model's own, 1)")
     p.add_argument("--beam-width", type=positive_int, default=5)
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="write per image a PNG of the decoder attention for each character")
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for message in failed:
         print(f"masterocr read: {message}", file=sys.stderr)
     reasons = ["no such file"] * len(failed)  # why each failed input failed, for the closing summary
-    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width)
+    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
+               refine_iters=args.refine)
     out_dir = Path(args.attention) if args.attention else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # Importing this module stays cheap (the CLI lists the kinds): torch and weights load on first use.
-IMPORTERS: dict[str, str] = {}
+IMPORTERS: dict[str, str] = {
+    "strhub": "masterocr.importers.strhub:import_strhub",
+}
 
 
 @dataclass

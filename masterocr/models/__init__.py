@@ -13,6 +13,8 @@ from torch import nn
 
 MODELS: dict[str, str] = {
     "master": "masterocr.models.master:build_master",
+    "parseq": "masterocr.models.parseq:build_parseq",
+    "vitstr": "masterocr.models.vitstr:build_vitstr",
 }
 
 

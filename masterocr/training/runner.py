@@ -53,6 +53,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "gradient_clip": 5.0,             # max gradient norm; 0 or null: off
     "label_smoothing": 0.0,
     "aux_ctc_weight": 0.0,            # > 0: joint CTC-attention training on the encoder memory
+    "plm_permutations": 6,            # PARSeq: factorisation orders per batch (canonical first, mirrored pairs)
     "ema": False,
     "ema_decay": 0.9999,
     "init_weights": None,             # weights to start from (what --finetune sets)
