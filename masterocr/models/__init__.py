@@ -13,6 +13,8 @@ from torch import nn
 
 MODELS: dict[str, str] = {
     "master": "masterocr.models.master:build_master",
+    "parseq": "masterocr.models.parseq:build_parseq",
+    "vitstr": "masterocr.models.vitstr:build_vitstr",
 }
 
 
@@ -29,7 +31,12 @@ def build_model(model_cfg: Mapping[str, Any] | Any) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; choose one of {model_names()}")
     module_name, func_name = MODELS[name].split(":")
-    return getattr(importlib.import_module(module_name), func_name)(model_cfg)
+    builder = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return builder(model_cfg)
+    except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as e:  # sizes that do not fit
+        raise ValueError(f"model config ({name}): cannot build the model from it: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
 __all__ = ["MODELS", "build_model", "model_names"]

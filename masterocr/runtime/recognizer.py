@@ -16,7 +16,7 @@ import numpy as np
 
 from masterocr.charset import AttentionTokenizer
 from masterocr.data.image import ImageSource, ImageTransform, Rotate
-from masterocr.reading import ReadResult, read_batched
+from masterocr.reading import ReadResult, prepare, read_batched
 from masterocr.runtime import decoding
 from masterocr.runtime.format import ATTENTION, IMAGES, LOGITS, POSITION, TOKENS, memory_kv_names, past_names, \
     present_names
@@ -61,7 +61,11 @@ class OnnxRecognizer:
         if self.decode_method not in DECODE_METHODS:
             raise ValueError(f"decode method {self.decode_method!r}: choose one of {DECODE_METHODS}")
         self.beam_width = int(beam_width if beam_width is not None else defaults.get("beam_width", 5))
-        self.batch_size = max(1, int(batch_size))
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width={self.beam_width} must be at least 1")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size {batch_size}: must be 1 or more")
+        self.batch_size = int(batch_size)
         self.tokenizer = AttentionTokenizer(meta["charset"], meta["max_label_length"])
         height, model_width = (int(v) for v in meta["img_size"])
         if width is not None and int(width) != model_width:
@@ -134,7 +138,7 @@ class OnnxRecognizer:
 
     def preprocess(self, source: ImageSource) -> np.ndarray:
         """One image -> (C, H, W) float32 array. Raises ImageError naming the input."""
-        return self.transform.array(source)
+        return prepare(self.transform.array, source)
 
     def predict_batch(self, prepared: list[np.ndarray], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
