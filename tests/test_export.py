@@ -169,7 +169,8 @@ def test_runtime_bad_inputs_like_torch(export_dir, tiny_weights, tmp_path):
     bad.write_bytes(b"this is not a png")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    inputs = [render_word("cat"), str(bad), str(tmp_path / "missing.png"), render_word("dog"), str(empty)]
+    inputs = [render_word("cat"), str(bad), str(tmp_path / "missing.png"), render_word("dog"), str(empty),
+              b"words/cat.png"]  # bytes that look like a path get the same hint
     results = []
     for rec in (masterocr.load(export_dir), masterocr.load(tiny_weights)):
         with pytest.raises(ImageError, match="broken.png") as single:
@@ -181,7 +182,19 @@ def test_runtime_bad_inputs_like_torch(export_dir, tiny_weights, tmp_path):
             rec.read(inputs, on_error="raise")
         assert rec.predict_batch([rec.preprocess(render_word("home"))])[0].text == "home"
     assert results[0] == results[1]
-    assert [t for t, _ in results[0][0]] == ["cat", "", "", "dog", ""]
+    assert [t for t, _ in results[0][0]] == ["cat", "", "", "dog", "", ""]
+    assert "pass its path as str" in results[0][0][-1][1]
+
+
+def test_serve_onnx_backend(export_dir, tiny_weights):
+    from masterocr.serve.backends import BACKENDS, load_recognizer, model_display_name
+
+    assert "onnx" in BACKENDS
+    rec = load_recognizer(str(export_dir), "onnx")
+    assert rec.predict_batch([rec.preprocess(render_word("tree"))])[0].text == "tree"
+    assert model_display_name(str(export_dir)) == "tiny"
+    with pytest.raises(ValueError, match="the onnx backend serves an export folder"):
+        load_recognizer(str(tiny_weights), "onnx")
 
 
 def test_load_options(export_dir):
