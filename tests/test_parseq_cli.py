@@ -39,7 +39,7 @@ def test_read_cli_decode_options(parseq_weights, word_folder, capsys, options):
                      *options])
     out, err = capsys.readouterr()
     assert [line.split("\t")[1] for line in out.splitlines()] == words
-    assert code == 1 and "broken.png" in err and "1 input(s) failed" in err  # bad input: as for MASTER
+    assert code == 1 and "broken.png" in err and "1 of 9 input(s) failed" in err  # bad input: as for MASTER
 
 
 def test_eval_cli_nar(parseq_weights, word_folder, capsys):
