@@ -155,10 +155,11 @@ def prepare(name: str, tmp: str, calibration: list[str]):
     fp32 = os.path.join(tmp, f"{name}-fp32")
     int8 = os.path.join(tmp, f"{name}-int8")
     start = time.time()
-    if not os.path.isdir(fp32):  # --exports keeps them between runs (random weights are seeded)
+    if not os.path.isfile(os.path.join(fp32, "decoder_step.onnx")):  # --exports keeps them between runs
         export_model(weights, fp32)
+    if not os.path.isfile(os.path.join(int8, "decoder_step.onnx")):
         export_model(fp32, int8, int8=True, calibration=calibration)
-        print(f"exported {name} in {time.time() - start:.0f} s", file=sys.stderr)
+    print(f"exports of {name} ready in {time.time() - start:.0f} s", file=sys.stderr)
     return label, weights, fp32, int8, random_weights
 
 
