@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,21 +183,26 @@ def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: i
         raise ExportError(str(e)) from None
     if metadata.get("precision") != "fp32":
         raise ExportError(f"{src}: holds {metadata.get('precision')} graphs; quantize an fp32 export")
-    folder = out_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    graphs = {}
     for role, name in metadata["graphs"].items():
         if not (src / name).is_file():
             raise ExportError(f"{src / name}: missing: the export's {role} graph is not in the folder")
         if read_graph_metadata(src / name).get("export_id") != metadata["export_id"]:
             raise ExportError(f"{src / name}: does not belong with the other graphs of {src}")
-        graphs[role] = folder / name
-        if (src / name).resolve() != graphs[role].resolve():
-            shutil.copyfile(src / name, graphs[role])
+    out_dir.mkdir(parents=True, exist_ok=True)
     metadata = {k: v for k, v in metadata.items() if k != "role"}
     metadata.update(precision="int8", export_id=uuid.uuid4().hex)
-    metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
-    return _finish(folder, graphs, metadata)
+    # Quantized in a scratch folder and moved in only when done, so a failure never leaves fp32 copies
+    # that would pass for the int8 export.
+    with tempfile.TemporaryDirectory(prefix=".masterocr-int8-", dir=out_dir) as tmp:
+        graphs = {role: Path(tmp) / name for role, name in metadata["graphs"].items()}
+        for role, name in metadata["graphs"].items():
+            shutil.copyfile(src / name, graphs[role])
+        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
+        _finish(Path(tmp), graphs, metadata)
+        final = {role: out_dir / path.name for role, path in graphs.items()}
+        for role, path in graphs.items():
+            os.replace(path, final[role])
+    return ExportResult(out_dir, final, metadata)
 
 
 __all__ = ["EXPORTERS", "FORMATS", "ExportError", "ExportResult", "export_model", "exporter_for"]
