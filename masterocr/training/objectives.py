@@ -50,7 +50,10 @@ class AuxCTC(nn.Module):
             raise ValueError("train.aux_ctc_weight > 0 needs a model with encode() and feature_size()")
         self.weight = float(weight)
         self.tokenizer = CTCTokenizer(model.tokenizer.charset, model.tokenizer.max_length)
-        d_model = int(model.embed.embedding_dim) if hasattr(model, "embed") else int(model.config.d_model)
+        d_model = getattr(model, "memory_dim", None)  # models whose memory width is not their embedding's say so
+        if d_model is None:
+            d_model = model.embed.embedding_dim if hasattr(model, "embed") else model.config.d_model
+        d_model = int(d_model)
         self.head = nn.Linear(d_model, self.tokenizer.num_classes)
 
     def forward(self, model: nn.Module, memory: torch.Tensor, images: torch.Tensor, labels: list[str]) -> torch.Tensor:
