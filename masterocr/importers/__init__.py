@@ -16,7 +16,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # Importing this module stays cheap (the CLI lists the kinds): torch and weights load on first use.
-IMPORTERS: dict[str, str] = {}
+IMPORTERS: dict[str, str] = {
+    "easyocr-g2": "masterocr.importers.easyocr:import_english_g2",
+}
 
 
 @dataclass
