@@ -99,3 +99,22 @@ def test_info(name, parameters, part, capsys):
     if parameters:
         assert summary["parameters"] == parameters
     assert part in summary["parameters_per_part"] and summary["gflops_per_image"]
+
+
+def test_bundled_crnn_reads_the_examples_and_is_not_the_default():
+    """The shipped crnn-small (masterocr/weights/crnn-small.safetensors) loads by name and reads the README's
+    example images; master-small stays the default model."""
+    from masterocr.charset import protocol_36
+    from masterocr.recognizer import default_model_name
+    from masterocr.weights import bundled_names
+
+    if "crnn-small" not in bundled_names():
+        pytest.skip("no bundled crnn-small")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    rows = [line.split("\t") for line in (examples / "labels.tsv").read_text().splitlines()]
+    rec = masterocr.load("crnn-small")
+    assert type(rec.model).__name__ == "CRNN" and rec.transform.grayscale and not rec.keep_aspect
+    results = rec.read([str(examples / name) for name, _ in rows])
+    correct = sum(protocol_36(r.text) == protocol_36(label) for r, (_, label) in zip(results, rows))
+    assert correct >= len(rows) - 2, [r.text for r in results]
+    assert default_model_name() != "crnn-small"
