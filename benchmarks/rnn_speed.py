@@ -105,7 +105,7 @@ def reader(model, images, dtype):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["master-small", "crnn", "crnn-small", "trba", "seq2seq-fsns"])
+    parser.add_argument("--models", nargs="*", default=["master-small", "crnn", "crnn-small", "trba", "seq2seq-fsns"])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of them is kept")
