@@ -1,7 +1,8 @@
 """Training throughput on this CPU, and the training engine's overhead over a bare PyTorch loop.
 
-Table 1: throughput of full training steps (forward, backward, gradient clipping, AdamW step) for master,
-master-small and master-tiny at 32x100 and 48x160, batch 32: fp32, bf16 autocast, and bf16 autocast with
+Table 1: throughput of full training steps (forward, the model's own training loss (teacher forcing, PARSeq's
+permutation language modelling, ...), backward, gradient clipping, AdamW step) for master, master-small and
+master-tiny at 32x100 and 48x160 (models with a fixed ViT input: their own size, or --sizes), batch 32: fp32, bf16 autocast, and bf16 autocast with
 channels_last tensors, as images per CPU-second on one thread, plus wall-clock img/s of bf16 + channels_last
 on `--threads` threads (the prototype's reference setting). A bare PyTorch loop on fixed random batches (the
 data pipeline is not measured).
@@ -17,6 +18,8 @@ other whenever one is descheduled); CPU-second figures on one thread are the sta
 at the start and end is printed; compare ratios from one run.
 
     python benchmarks/train_throughput.py [--threads 2] [--min-time 6] [--models master-small ...]
+    python benchmarks/train_throughput.py --skip-overhead --models parseq-tiny parseq-tiny@model.encoder_depth=6
+(`name@key=value@...`: a config with overrides.)
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `masterocr` command sets it (see cli/main.py)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from masterocr.config import load_config, to_dict  # noqa: E402
 from masterocr.models import build_model  # noqa: E402
@@ -53,21 +55,33 @@ def make_batches(tokenizer, count: int, batch: int, height: int, width: int, see
             for _ in range(count)]
 
 
-def build(name: str, height: int, width: int, seed: int = 0):
+def build(spec: str, height: int, width: int, seed: int = 0):
+    """A model from `name[@key=value...]` at height x width, in training mode, with its config."""
+    name, *overrides = spec.split("@")
     torch.manual_seed(seed)
-    cfg = to_dict(load_config(name, [f"model.img_size=[{height},{width}]"]))
+    cfg = to_dict(load_config(name, [*overrides, f"model.img_size=[{height},{width}]"]))
     return build_model(cfg["model"]).train(), cfg
 
 
-def bare_step(model, optimizer, images, labels, bf16: bool, channels_last: bool) -> None:
+def model_sizes(spec: str, sizes) -> list[tuple[int, int]]:
+    """--sizes, else SIZES for CNN models and the configured size for models with a fixed ViT input."""
+    if sizes:
+        return sizes
+    name, *overrides = spec.split("@")
+    model_cfg = load_config(name, overrides).model
+    return [tuple(model_cfg.img_size)] if "patch_size" in model_cfg else SIZES
+
+
+def bare_step(model, optimizer, images, labels, bf16: bool, channels_last: bool, objective=None) -> None:
     """One training step in plain PyTorch: what the engine's step computes, without the engine."""
-    tok = model.tokenizer
-    targets = tok.encode(labels)[:, : max(len(s) for s in labels) + 2]
+    from masterocr.training.objectives import build_objective
+
+    if objective is None:
+        objective = build_objective(model, {})
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(images, targets[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=tok.pad_id)
+        loss = objective(model, images, labels)[0]
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
@@ -82,12 +96,15 @@ def bare_throughput(name, height, width, bf16, channels_last, batch, min_time, b
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    from masterocr.training.objectives import build_objective
+
+    objective = build_objective(model, {})
     batches = batches or make_batches(model.tokenizer, 4, batch, height, width)
-    bare_step(model, optimizer, *batches[0], bf16, channels_last)  # warm-up (allocations, oneDNN kernels)
+    bare_step(model, optimizer, *batches[0], bf16, channels_last, objective)  # warm-up (allocations, kernels)
     done, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         images, labels = batches[(done + 1) % len(batches)]
-        bare_step(model, optimizer, images, labels, bf16, channels_last)
+        bare_step(model, optimizer, images, labels, bf16, channels_last, objective)
         done += 1
         elapsed = time.perf_counter() - start
         if (steps is not None and done >= steps) or (steps is None and done >= 2 and elapsed >= min_time):
@@ -143,6 +160,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="wall-clock measurements per cell (best is kept)")
     parser.add_argument("--skip-table", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--sizes", nargs="+", metavar="HxW", type=lambda v: tuple(int(x) for x in v.split("x")),
+                        help="input sizes for table 1 (default: 32x100 and 48x160; a ViT model's own size)")
+    parser.add_argument("--one-thread-only", action="store_true",
+                        help="table 1: only the 1-thread columns (skip the --threads wall-clock column)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import logging
@@ -162,16 +184,21 @@ def main() -> None:
         print(header)
         print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
         for name in args.models:
-            for h, w in SIZES:
+            for h, w in model_sizes(name, args.sizes):
                 torch.set_num_threads(1)
                 per_cpu = [bare_throughput(name, h, w, bf16, cl, args.batch, args.min_time)[1]
                            for _, bf16, cl in VARIANTS]
-                torch.set_num_threads(args.threads)
-                wall = max(bare_throughput(name, h, w, True, True, args.batch, args.min_time)[0]
-                           for _ in range(args.repeats))
+                wall = float("nan")
+                if not args.one_thread_only:
+                    torch.set_num_threads(args.threads)
+                    wall = max(bare_throughput(name, h, w, True, True, args.batch, args.min_time)[0]
+                               for _ in range(args.repeats))
                 print(f"| {name:<13} | {h:>2}x{w:<3} | " + " | ".join(f"{r:>10.1f}" for r in per_cpu + [wall])
                       + f" | {per_cpu[2] / per_cpu[0]:>13.2f}x |", flush=True)
 
+    if args.skip_overhead:
+        print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+        return
     torch.set_num_threads(args.overhead_threads)
     print(f"\nEngine overhead (bf16 + channels_last, 32x100, batch {args.batch}, {args.overhead_threads} thread(s), "
           f"{args.overhead_steps} steps, {args.rounds} alternating rounds; wall: best round, CPU: median round)")

@@ -25,7 +25,8 @@ def resolve_shipped(name_or_path: str | os.PathLike, folder: Path, suffix: str, 
     path = Path(name_or_path)
     if path.is_file():
         return path
-    named = folder / f"{name_or_path}{suffix}"
+    name = str(name_or_path)
+    named = folder / (name if name.endswith(suffix) else f"{name}{suffix}")  # `base: master.yaml` names one too
     if named.is_file():
         return named
     raise FileNotFoundError(f"{what} {str(name_or_path)!r}: not a file and not one of the shipped names "
@@ -44,7 +45,16 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
 def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
     """Load a config, merging its `base:` chain first (paths relative to the file), then dotlist overrides."""
     path = resolve_config_path(name_or_path)
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax: name the file and the place
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"config {path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"config {path}: expected a mapping of sections (model:, data:, train:), "
+                         f"got a {type(cfg).__name__}")
     base = cfg.pop("base", None)
     if base is not None:
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
@@ -67,7 +77,11 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfi
             if parent is not None and not OmegaConf.is_config(parent):
                 raise ValueError(f"override {item!r}: {'.'.join(parts[:depth])} is a value ({parent!r}), "
                                  "not a section")
-        value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)  # the value, parsed by YAML rules
+        try:
+            value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)  # the value, parsed by YAML rules
+        except Exception as e:  # YAML syntax errors (e.g. an unquoted list split by the shell)
+            raise ValueError(f"override {item!r}: the value is not valid YAML "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
         try:
             OmegaConf.update(cfg, key, value, merge=True)
         except Exception as e:  # e.g. an index past a list's end

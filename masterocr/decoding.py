@@ -14,6 +14,14 @@ Cached decoding computes one new position per step: each decoder layer appends t
 key/value to its cache and reuses the memory's cross-attention keys/values, projected once per image.
 `use_cache=False` re-runs the whole decoder over the growing prefix at every step (the plain reference).
 Decoding stops when every sequence has produced EOS, or after `max_steps` steps.
+
+Two optional capabilities, used when a model has them (never chosen by model name):
+    decode_parallel(memory, steps, need_weights) -> logits (B, steps, C), attn (B, steps, N) or None:
+        every position at once (method="nar"; models whose class attribute `decoding` is "parallel", such as
+        ViTSTR, decode only this way);
+    refine(memory, token_ids (B, T), need_weights) -> logits (B, T, C), attn: one cloze pass that predicts
+        each position again from the other characters of a reading (`refine_iters` passes after any method;
+        default: the model's attribute `refine_iters`, else 0).
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from torch import nn
 
 from .charset import CTCTokenizer, Decoded
 
-METHODS = ("greedy", "beam")
+METHODS = ("greedy", "beam", "nar")
+KINDS = ("autoregressive", "ctc", "parallel")
 
 
 @dataclass
@@ -174,22 +183,71 @@ def _beam(model, memory, steps, width, need_weights):
     return ids.index_select(0, best), probs.index_select(0, best), attn_best
 
 
-def decode_memory(model: nn.Module, memory: torch.Tensor, feature_size: tuple[int, int],
-                  method: str = "greedy", beam_width: int = 5, use_cache: bool = True, max_steps: int | None = None,
-                  need_attention: bool = True) -> DecodeResult:
-    """The decoding half of `decode`, from an encoded memory (B, N, D) whose feature map is `feature_size`
-    (Hf, Wf). Call it in eval mode under torch.no_grad(); `decode` does both."""
+def _parallel(model, memory, steps, need_weights):
+    logits, attn = model.decode_parallel(memory, steps, need_weights)  # (B, steps, C)
+    probs = logits.float().softmax(-1)
+    return probs.argmax(-1), probs, attn
+
+
+def _refine(model, memory, ids, steps, need_weights):
+    """One cloze pass over the reading so far, padded to `steps` positions (PAD is never context), so a
+    pass may also lengthen a word; trimmed again to the longest reading."""
+    tok = model.tokenizer
+    full = torch.full((ids.shape[0], steps), tok.pad_id, dtype=torch.long, device=ids.device)
+    full[:, : ids.shape[1]] = ids[:, :steps]
+    logits, attn = model.refine(memory, full, need_weights)  # (B, steps, C)
+    probs = logits.float().softmax(-1)
+    ids = probs.argmax(-1)
+    ended = (ids == tok.eos_id).any(1)
+    first_eos = torch.where(ended, (ids == tok.eos_id).long().argmax(1), steps - 1)
+    length = int(first_eos.max()) + 1
+    return ids[:, :length], probs[:, :length], (attn[:, :length] if attn is not None else None)
+
+
+def default_refine_iters(model: nn.Module) -> int:
+    return int(getattr(model, "refine_iters", 0) or 0)
+
+
+def check_decoding(model: nn.Module, method: str = "greedy", refine_iters: int | None = None) -> None:
+    """Raise ValueError, naming the model, when it cannot decode with `method` and `refine_iters`."""
+    name = type(model).__name__
+    kind = getattr(model, "decoding", "autoregressive")
+    if kind not in KINDS:
+        raise ValueError(f"{name}: unknown decoding kind {kind!r}")
     if method not in METHODS:
         raise ValueError(f"decoding method {method!r}: choose one of {METHODS}")
+    if kind == "parallel" and method == "beam":
+        raise ValueError(f"{name} reads every position at once; beam search needs an autoregressive decoder "
+                         f"(use greedy or nar)")
+    if method == "nar" and kind == "autoregressive" and not hasattr(model, "decode_parallel"):
+        raise ValueError(f"{name} has no non-autoregressive decoder: decode method 'nar' is not available "
+                         f"(use greedy or beam)")
+    if refine_iters is not None and int(refine_iters) < 0:
+        raise ValueError(f"refine_iters={refine_iters} must be >= 0")
+    if refine_iters and not hasattr(model, "refine"):
+        raise ValueError(f"{name} has no cloze refinement: refine_iters={refine_iters} is not available (use 0)")
+
+
+def decode_memory(model: nn.Module, memory: torch.Tensor, feature_size: tuple[int, int],
+                  method: str = "greedy", beam_width: int = 5, use_cache: bool = True, max_steps: int | None = None,
+                  need_attention: bool = True, refine_iters: int | None = None) -> DecodeResult:
+    """The decoding half of `decode`, from an encoded memory (B, N, D) whose feature map is `feature_size`
+    (Hf, Wf). Call it in eval mode under torch.no_grad(); `decode` does both."""
+    check_decoding(model, method, refine_iters)
     steps = model.max_steps if max_steps is None else int(max_steps)
     if steps < 1:
         raise ValueError(f"max_steps={steps} must be at least 1")
-    if method == "beam":
+    if method == "nar" or getattr(model, "decoding", "autoregressive") == "parallel":
+        ids, probs, attn = _parallel(model, memory, steps, need_attention)
+    elif method == "beam":
         ids, probs, attn = _beam(model, memory, steps, int(beam_width), need_attention)
     elif use_cache:
         ids, probs, attn = _greedy_cached(model, memory, steps, need_attention)
     else:
         ids, probs, attn = _greedy_full(model, memory, steps, need_attention)
+    iters = default_refine_iters(model) if refine_iters is None else int(refine_iters)
+    for _ in range(iters):
+        ids, probs, attn = _refine(model, memory, ids, steps, need_attention)
     return _finish(model, feature_size, ids, probs, attn)
 
 
@@ -201,19 +259,21 @@ def _ctc(model: nn.Module, images: torch.Tensor) -> DecodeResult:
 
 
 def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_width: int = 5,
-           use_cache: bool = True, max_steps: int | None = None, need_attention: bool = True) -> DecodeResult:
+           use_cache: bool = True, max_steps: int | None = None, need_attention: bool = True,
+           refine_iters: int | None = None) -> DecodeResult:
     """Read a batch: images (B, C, H, W) -> DecodeResult (see its fields; texts via
     result.decoded(tokenizer)). Runs in eval mode without autograd; wrap in torch.autocast for bf16.
 
-    method: "greedy" or "beam" (width `beam_width`, always cached). use_cache=False: full-recompute greedy.
-    max_steps: at most this many tokens (default: the model's max label length + EOS).
-    CTC models ignore the autoregressive options and always decode best-path.
+    method: "greedy", "beam" (width `beam_width`, always cached) or "nar" (all positions at once, for models
+    with decode_parallel). use_cache=False: full-recompute greedy. refine_iters: cloze passes after decoding
+    (models with refine; default the model's own setting). max_steps: at most this many tokens (default: the
+    model's max label length + EOS). CTC models ignore the other options and always decode best-path.
     """
     kind = getattr(model, "decoding", "autoregressive")
-    if kind not in ("autoregressive", "ctc"):
-        raise ValueError(f"{type(model).__name__}: unknown decoding kind {kind!r}")
-    if kind == "autoregressive" and method not in METHODS:
-        raise ValueError(f"decoding method {method!r}: choose one of {METHODS}")
+    if kind != "ctc":
+        check_decoding(model, method, refine_iters)
+    elif refine_iters:
+        check_decoding(model, "greedy", refine_iters)
     if images.dim() != 4 or images.shape[1] != model.in_channels:
         raise ValueError(f"images must be (B, {model.in_channels}, H, W), got {tuple(images.shape)}")
     was_training = model.training
@@ -228,6 +288,6 @@ def decode(model: nn.Module, images: torch.Tensor, method: str = "greedy", beam_
             memory = model.encode(images)
             feature_size = model.feature_size(images.shape[-2], images.shape[-1])
             return decode_memory(model, memory, feature_size, method, beam_width, use_cache, max_steps,
-                                 need_attention)
+                                 need_attention, refine_iters)
     finally:
         model.train(was_training)

@@ -4,11 +4,12 @@ The protocol (masterocr.charset.PROTOCOLS) is applied to both the label and the 
 test.py does: under "36" both are lower-cased and reduced to [0-9a-z]; samples whose label becomes empty or
 longer than `max_length` (25, as the benchmarks do) are dropped. Metrics:
 
-- accuracy: exact match after the protocol;
+- accuracy: exact match after the protocol (CRNN-Seq2Seq-OCR's "annotation precision");
 - 1 - NED per word (ICDAR 2019): NED = ED(pred, gt) / max(len(gt), len(pred)), averaged over words;
 - corpus 1 - NED (MASTER-pytorch's "edit distance accuracy"): 1 - sum(ED) / sum(len(gt));
-- character precision / recall: longest common subsequence over predicted / label characters
-  (their harmonic mean is CRNN-Seq2Seq-OCR's "character precision" 2 LCS / (len(gt) + len(pred)));
+- character precision / recall: longest common subsequence over predicted / label characters, summed over the
+  set; char F1, their harmonic mean sum(2 LCS) / sum(len(gt) + len(pred)), is CRNN-Seq2Seq-OCR's "character
+  precision" (MindSpore model zoo, crnn_seq2seq_ocr/eval.py: both sums run over the whole set, not per word);
 - confidence: the decoder's sequence probability (product of per-step probabilities incl. EOS), averaged;
 - label length: mean length of the prediction after the protocol (what strhub's table prints), with the mean
   ground-truth length kept alongside.
@@ -17,6 +18,7 @@ longer than `max_length` (25, as the benchmarks do) are dropped. Metrics:
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -29,7 +31,6 @@ from typing import Callable, Iterable, Sequence
 from rapidfuzz.distance import LCSseq, Levenshtein
 
 from masterocr.charset import DEFAULT_MAX_LENGTH, get_protocol
-from masterocr.recognizer import ROTATIONS
 
 
 # ---- protocol -------------------------------------------------------------------------------------------
@@ -85,6 +86,7 @@ class Metrics:
     confidence_count: int = 0       # samples that came with a confidence
     failed: int = 0                 # unreadable images, scored as empty predictions
     dropped: int = 0                # samples removed by the protocol (empty or too long label)
+    malformed: int = 0              # label-file lines / LMDB entries that hold no sample (not in `dropped`)
 
     def add(self, prediction: str, label: str, confidence: float | None = None) -> None:
         """Score one (already protocol-normalised) prediction against its label."""
@@ -107,7 +109,7 @@ class Metrics:
         out = Metrics(name=self.name)
         for f in ("num_samples", "correct", "correct_case_insensitive", "ned_sum", "edit_distance_sum",
                   "label_chars", "pred_chars", "common_chars", "confidence_sum", "confidence_count",
-                  "failed", "dropped"):
+                  "failed", "dropped", "malformed"):
             setattr(out, f, getattr(self, f) + getattr(other, f))
         return out
 
@@ -140,7 +142,7 @@ class Metrics:
 
     @property
     def char_f1(self) -> float:
-        """2 LCS / (len(label) + len(pred)): CRNN-Seq2Seq-OCR's "character precision"."""
+        """sum(2 LCS) / sum(len(label) + len(pred)) over the set: CRNN-Seq2Seq-OCR's "character precision"."""
         total = self.pred_chars + self.label_chars
         return 2 * self.common_chars / total if total else math.nan
 
@@ -177,6 +179,7 @@ class Metrics:
             "gt_length": clean(self.gt_length),
             "failed": self.failed,
             "dropped": self.dropped,
+            "malformed": self.malformed,
         }
 
 
@@ -207,7 +210,8 @@ def combine(rows: Sequence[Metrics], name: str = "Combined") -> Metrics:
 
 # ---- the benchmark table --------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ["Dataset", "# samples", "Accuracy", "1 - NED", "Confidence", "Label length"]
+# "Accuracy" and "Char F1" are what CRNN-Seq2Seq-OCR reports as annotation and character precision.
+TABLE_COLUMNS = ["Dataset", "# samples", "Accuracy", "1 - NED", "Char F1", "Confidence", "Label length"]
 
 
 def _table_cells(m: Metrics) -> list[str]:
@@ -215,7 +219,8 @@ def _table_cells(m: Metrics) -> list[str]:
         return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
 
     length = "n/a" if math.isnan(m.label_length) else f"{m.label_length:.2f}"
-    return [m.name, str(m.num_samples), pct(m.accuracy), pct(m.one_minus_ned), pct(m.confidence), length]
+    return [m.name, str(m.num_samples), pct(m.accuracy), pct(m.one_minus_ned), pct(m.char_f1),
+            pct(m.confidence), length]
 
 
 def table_rows(rows: Sequence[Metrics], combined: bool = True) -> list[Metrics]:
@@ -285,74 +290,121 @@ def write_predictions(samples: Iterable[SamplePrediction], path: str | os.PathLi
 
 # ---- offline prediction files (`masterocr metrics`) -----------------------------------------------------
 
-def _first_char(path: str | os.PathLike) -> str:
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            if line.strip():
-                return line.strip()[0]
-    return ""
-
-
-def read_predictions_file(path: str | os.PathLike) -> dict[str, tuple[str, float | None]]:
-    """file -> (prediction, confidence) from either format.
-
-    MASTER-pytorch's predict_result.json: a JSON list of {"filename", "result", "pred_score"}. Plain TSV:
-    `file<TAB>prediction[<TAB>confidence]` per line (a missing prediction column means an empty reading).
-    """
-    path = Path(path)
-    if _first_char(path) == "[":
-        with open(path, encoding="utf-8-sig") as f:
-            items = json.load(f)
-        out = {}
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or "filename" not in item or "result" not in item:
-                raise ValueError(f"{path}: item {i} is not a {{\"filename\", \"result\"}} object: {item!r}")
-            score = item.get("pred_score")
-            out[str(item["filename"])] = (str(item["result"]), None if score is None else float(score))
-        return out
-    out = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if parts[0] in ("file", "filename") and n == 1:
-                continue  # a header row
-            prediction = parts[1] if len(parts) > 1 else ""
-            confidence = None
-            if len(parts) > 2 and parts[2].strip():
-                try:
-                    confidence = float(parts[2])
-                except ValueError:
-                    raise ValueError(f"{path}:{n}: confidence {parts[2]!r} is not a number") from None
-            out[parts[0]] = (prediction, confidence)
+def _text_lines(path: Path, malformed: list[str] | None) -> list[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file, BOM and line ends removed. A line that is not UTF-8 is
+    reported in `malformed` (file:line and why) and left out; without a list it is an error."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    out = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        try:
+            out.append((n, line.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            message = f"{path}:{n}: not UTF-8 (byte 0x{line[e.start:e.start + 1].hex()} at column {e.start + 1})"
+            if malformed is None:
+                raise ValueError(message) from None
+            malformed.append(message)
     return out
 
 
-def read_labels_file(path: str | os.PathLike) -> dict[str, str]:
-    """file -> label from MASTER-pytorch's label.txt (one {"ImageFile", "Label"} JSON object a line)
-    or a labels.tsv (`file<TAB>label`)."""
+def _first_char(lines: list[tuple[int, str]]) -> str:
+    return next((line.strip()[0] for _, line in lines if line.strip()), "")
+
+
+def read_predictions_file(path: str | os.PathLike, malformed: list[str] | None = None
+                          ) -> dict[str, tuple[str, float | None]]:
+    """file -> (prediction, confidence) from either format.
+
+    MASTER-pytorch's predict_result.json (a .json file, or any file starting with "["): a JSON list of
+    {"filename", "result", "pred_score"}. Plain TSV: `file<TAB>prediction[<TAB>confidence]` per line (a
+    missing prediction column means an empty reading). Lines that cannot be read (not UTF-8, a confidence that
+    is not a number) go to `malformed` (file:line and why) when a list is given, else raise ValueError.
+    """
     path = Path(path)
-    json_lines = _first_char(path) == "{"
+    lines = _text_lines(path, malformed)
+    if path.suffix.lower() == ".json" or _first_char(lines) == "[":
+        try:
+            items = json.loads("\n".join(line for _, line in lines))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); expected "
+                             "MASTER-pytorch's predict_result.json, a list of {\"filename\", \"result\"}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"{path}: JSON holds a {type(items).__name__}, expected a list of "
+                             "{\"filename\", \"result\", \"pred_score\"} objects")
+        out = {}
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "filename" not in item or "result" not in item:
+                raise ValueError(f"{path}: item {i} is not a {{\"filename\", \"result\"}} object: {item!r}"[:300])
+            score = item.get("pred_score")
+            try:
+                confidence = None if score is None else float(score)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: item {i}: pred_score {score!r} is not a number") from None
+            out[str(item["filename"])] = (str(item["result"]), confidence)
+        return out
     out = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
+    for n, line in lines:
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if parts[0] in ("file", "filename") and n == 1:
+            continue  # a header row
+        prediction = parts[1] if len(parts) > 1 else ""
+        confidence = None
+        if len(parts) > 2 and parts[2].strip():
+            try:
+                confidence = float(parts[2])
+            except ValueError:
+                message = f"{path}:{n}: confidence {parts[2]!r} is not a number"
+                if malformed is None:
+                    raise ValueError(message) from None
+                malformed.append(message)
                 continue
-            if json_lines:
-                try:
-                    obj = json.loads(line)
-                    out[str(obj["ImageFile"])] = str(obj["Label"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{path}:{n}: expected {{\"ImageFile\": ..., \"Label\": ...}}, "
-                                     f"got {line[:80]!r}") from None
+        out[parts[0]] = (prediction, confidence)
+    if not out and malformed and any(m.startswith(f"{path}:") for m in malformed):
+        raise ValueError(f"{path}: no prediction could be read (first problem: "
+                         f"{next(m for m in malformed if m.startswith(f'{path}:'))})")
+    if out and not any("\t" in line for _, line in lines):
+        raise ValueError(f"{path}: no line holds a tab: expected file<TAB>prediction lines (TSV) or "
+                         "MASTER-pytorch's predict_result.json")
+    return out
+
+
+def read_labels_file(path: str | os.PathLike, malformed: list[str] | None = None) -> dict[str, str]:
+    """file -> label from MASTER-pytorch's label.txt (one {"ImageFile", "Label"} JSON object a line)
+    or a labels.tsv (`file<TAB>label`). Lines that do not fit go to `malformed` (file:line and why) when a
+    list is given, else raise ValueError."""
+    path = Path(path)
+    lines = _text_lines(path, malformed)
+    json_lines = _first_char(lines) == "{"
+    out = {}
+    for n, line in lines:
+        if not line.strip():
+            continue
+        problem = None
+        if json_lines:
+            try:
+                obj = json.loads(line)
+                out[str(obj["ImageFile"])] = str(obj["Label"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                problem = f"expected {{\"ImageFile\": ..., \"Label\": ...}}, got {line[:80]!r}"
+        elif "\t" not in line:
+            problem = f"expected file<TAB>label, got {line[:80]!r}"
+        else:
+            file, label = line.split("\t", 1)
+            if "\t" in label:
+                problem = "more than one tab (a label cannot hold a tab; expected file<TAB>label)"
             else:
-                if "\t" not in line:
-                    raise ValueError(f"{path}:{n}: expected file<TAB>label, got {line[:80]!r}")
-                file, label = line.split("\t", 1)
                 out[file] = label
+        if problem is not None:
+            if malformed is None:
+                raise ValueError(f"{path}:{n}: {problem}")
+            malformed.append(f"{path}:{n}: {problem}")
+    if not out and malformed and any(m.startswith(f"{path}:") for m in malformed):
+        raise ValueError(f"{path}: no label could be read (first problem: "
+                         f"{next(m for m in malformed if m.startswith(f'{path}:'))})")
     return out
 
 
@@ -361,6 +413,7 @@ class FileScore:
     metrics: Metrics
     missing: list[str] = field(default_factory=list)     # labelled files with no prediction
     unmatched: list[str] = field(default_factory=list)   # predictions with no label
+    malformed: list[str] = field(default_factory=list)   # lines of either file that could not be read (file:line: why)
 
 
 def score_files(predictions_path: str | os.PathLike, labels_path: str | os.PathLike, protocol: str = "raw",
@@ -370,8 +423,9 @@ def score_files(predictions_path: str | os.PathLike, labels_path: str | os.PathL
     Files are matched by their exact name, else by base name (MASTER-pytorch's test.py writes base names).
     A labelled file without a prediction counts as an empty prediction, as MASTER-pytorch's script does.
     """
-    predictions = read_predictions_file(predictions_path)
-    labels = read_labels_file(labels_path)
+    malformed: list[str] = []
+    predictions = read_predictions_file(predictions_path, malformed)
+    labels = read_labels_file(labels_path, malformed)
     by_base: dict[str, list[str]] = {}
     for key in predictions:
         by_base.setdefault(os.path.basename(key), []).append(key)
@@ -397,7 +451,8 @@ def score_files(predictions_path: str | os.PathLike, labels_path: str | os.PathL
         prediction, confidence = predictions[key]
         metrics.add(fn(prediction), gt, confidence)
     unmatched = [k for k in predictions if k not in used]
-    return FileScore(metrics, missing, unmatched)
+    metrics.malformed = len(malformed)
+    return FileScore(metrics, missing, unmatched, malformed)
 
 
 # ---- the evaluation loop --------------------------------------------------------------------------------
@@ -409,19 +464,22 @@ def benchmark_name(path: str | os.PathLike) -> str:
     """A short row name for a dataset path: its folder name, or its parent's for split folders
     (…/IIIT5K/test -> "IIIT5K"; an LMDB tree's …/evaluation/SVT -> "SVT")."""
     p = Path(os.path.normpath(os.fspath(path)))
-    if p.name in ("labels.tsv", "labels.txt", "labels.jsonl", "gt.txt", "data.mdb"):
-        p = p.parent
+    if p.name in ("labels.tsv", "labels.txt", "labels.jsonl", "gt.txt", "data.mdb") or glob.has_magic(p.name):
+        p = p.parent  # a glob of shards (…/FSNS/test/test-*) is named by its folder
     if p.name.lower() in _SPLIT_NAMES and p.parent.name:
         return p.parent.name
     return p.name or str(p)
 
 
 def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike],
-                    holdout: tuple[float, int] | None = None) -> list[tuple[str, object]]:
+                    holdout: tuple[float, int] | None = None,
+                    errors: list[str] | None = None) -> list[tuple[str, object]]:
     """(row name, dataset) for every benchmark under `roots`: a labels.tsv folder or an LMDB is one row, an
     LMDB tree gives one row per LMDB. Labels are kept raw; the protocol is applied by `evaluate`.
     holdout=(fraction, seed) keeps only each source's held-out part, as a training config's `holdout` key
-    picks it (rows are named "<name> held-out")."""
+    picks it (rows are named "<name> held-out"). With an `errors` list, a root that cannot be opened or a
+    source without a single sample is reported there (message naming it) and left out, instead of raising:
+    one broken benchmark does not cost the others."""
     from masterocr.data.datasets import build_dataset, split_held_out
 
     if isinstance(roots, (str, os.PathLike)):
@@ -429,10 +487,21 @@ def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike],
     sources: list[tuple[str, object]] = []
     for root in roots:
         # No transform (evaluate applies its own, with rotation), raw labels, no length limit.
-        dataset = build_dataset(root, transform=None, charset=None, max_length=None)
+        try:
+            dataset = build_dataset(root, transform=None, charset=None, max_length=None)
+        except (ValueError, OSError) as e:
+            if errors is None:
+                raise
+            errors.append(str(e) if os.fspath(root) in str(e) else f"{root}: {e}")
+            continue
         if holdout is not None:
             dataset = split_held_out(dataset, *holdout, held_out=True)
-        sources.extend(dataset.sources)
+        for path, source in dataset.sources:
+            if errors is not None and len(source.labels) == 0:
+                part = " in its held-out part" if holdout is not None else ""
+                errors.append(f"{path}: holds no samples{part} ({getattr(source, 'report', 'nothing read')})")
+            else:
+                sources.append((path, source))
     names = [benchmark_name(path) for path, _ in sources]
     if len(set(names)) < len(names):  # ambiguous short names: fall back to the paths
         names = [os.fspath(path) for path, _ in sources]
@@ -444,7 +513,7 @@ def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike],
 class _EvalImages:
     """Indexable view over chosen samples of a dataset: decodes and transforms one image per item.
 
-    Returns (tensor or None, error message or None, position). A DataLoader with workers may read it.
+    Returns (tensor or None, (error message, reason) or None, position). A DataLoader with workers may read it.
     """
 
     def __init__(self, dataset, indices: Sequence[int], transform):
@@ -454,16 +523,19 @@ class _EvalImages:
         return len(self.indices)
 
     def __getitem__(self, position: int):
-        from masterocr.data.image import ImageError
+        from masterocr.data.image import ImageError, ImageTransform
 
         try:
             data, _, name = self.dataset.raw(self.indices[position])
         except ImageError as e:  # missing file or LMDB key: the message names the sample
-            return None, str(e), position
+            return None, (str(e), getattr(e, "reason", "cannot read")), position
         try:
+            if isinstance(self.transform, ImageTransform):
+                return self.transform(data, name=name), None, position
             return self.transform(data), None, position
-        except ImageError as e:  # decoded from bytes, so the message needs the sample's name
-            return None, f"{name}: {e}", position
+        except ImageError as e:  # the message names the sample
+            message = str(e) if str(e).startswith(name) else f"{name}: {e}"
+            return None, (message, getattr(e, "reason", "cannot decode")), position
 
 
 def _collate_eval(batch):
@@ -480,6 +552,7 @@ class EvalResult:
     rotation: int = 0
     max_length: int | None = DEFAULT_MAX_LENGTH
     errors: list[str] = field(default_factory=list)
+    error_reasons: list[str] = field(default_factory=list)  # why each of `errors` happened, in a few words
 
     @property
     def combined(self) -> Metrics:
@@ -529,6 +602,8 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     """
     from torch.utils.data import DataLoader
 
+    from masterocr.recognizer import ROTATIONS  # torch: imported here so `masterocr metrics` needs none
+
     if int(rotation) % 360 not in ROTATIONS:
         raise ValueError(f"rotation {rotation}: choose one of {ROTATIONS}")
     fn = get_protocol(protocol)
@@ -545,11 +620,14 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
             isinstance(datasets, (list, tuple)) and datasets and isinstance(datasets[0], (str, os.PathLike))):
         datasets = open_benchmarks(datasets)
 
-    rows, samples, errors = [], [], []
+    rows, samples, errors, reasons = [], [], [], []
     for name, dataset in datasets:
         metrics = Metrics(name=name)
         report = getattr(dataset, "report", None)
-        metrics.dropped += report.num_dropped if report is not None else 0  # empty or malformed entries
+        if report is not None:  # entries the dataset left out: failed ones (malformed, damaged) apart from empty labels
+            malformed = getattr(report, "num_malformed", report.dropped.get("malformed", 0))
+            metrics.malformed += malformed
+            metrics.dropped += report.num_dropped - malformed
         keep, labels = [], []
         for i, label in enumerate(dataset.labels):
             gt = apply_protocol(label, fn, max_length)
@@ -585,7 +663,9 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
                 file = dataset.name(index)
                 if error is not None:
                     metrics.failed += 1
+                    error, reason = error
                     errors.append(error)
+                    reasons.append(reason)
                     log(f"{name}: unreadable image, scored as an empty prediction: {error}")
                     metrics.add("", gt, None)
                     samples.append(SamplePrediction(name, file, gt, "", None, False, error))
@@ -599,7 +679,7 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
         if bar is not None:
             bar.close()
         rows.append(metrics)
-    return EvalResult(rows, samples, str(protocol), int(rotation) % 360, max_length, errors)
+    return EvalResult(rows, samples, str(protocol), int(rotation) % 360, max_length, errors, reasons)
 
 
 def write_results(results: Sequence[EvalResult], output_dir: str | os.PathLike, **meta) -> list[Path]:

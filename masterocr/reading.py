@@ -57,10 +57,12 @@ def read_batched(sources: ImageSource | Sequence[ImageSource], prepare: Callable
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size {batch_size}: must be 1 or more")
     single = is_single(sources)
     items = [sources] if single else list(sources)
     skip = on_error == "skip" or (on_error == "auto" and not single)
-    batch_size = max(1, int(batch_size))
+    batch_size = int(batch_size)
     results: list[ReadResult | None] = [None] * len(items)
     for start in range(0, len(items), batch_size):
         prepared, index = [], []

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from masterocr.data.image import ImageSource, ImageTransform
+from masterocr.data.image import ImageError, ImageSource, ImageTransform
 from masterocr.reading import ReadResult, read_batched
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
 PREFERRED_DEFAULTS = ("master-small", "master", "master-tiny")
-DECODE_METHODS = ("greedy", "beam")
+DECODE_METHODS = ("greedy", "beam", "nar")
 ROTATIONS = (0, 90, 180, 270)
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,6 +38,41 @@ def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
     if degrees not in ops:
         raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
     return img.transpose(ops[degrees])
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """torch.device(device), or ValueError saying why it cannot be used here: not a device name, a torch built
+    without CUDA, no GPU visible, or no GPU of that index."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {str(device)!r}: not a device name (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is built for CPU only" if torch.version.cuda is None
+                   else "no CUDA GPU is visible to this process")
+            raise ValueError(f"device {str(device)!r}: {why} (torch {torch.__version__}); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} GPU(s) visible "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception as e:
+            raise ValueError(f"device {str(device)!r}: not usable here ({str(e).splitlines()[0]})") from None
+    return dev
+
+
+def _looks_like_path(data: bytes) -> bool:
+    """Short printable UTF-8 text: what os.fsencode(path) gives, not image data (the file system is not asked,
+    so a server passing uploads through never reveals which paths exist)."""
+    if len(data) > 4096:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.isprintable() and ("/" in text or "." in text)
 
 
 class _Rotate:
@@ -55,9 +90,13 @@ class Recognizer:
 
     def __init__(self, model: torch.nn.Module, model_cfg: dict | None = None, device: str | torch.device = "cpu",
                  decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
-                 batch_size: int = 32, precision: str = "fp32", pad: str = "zero", width_step: int = 0):
+                 batch_size: int = 32, precision: str = "fp32", refine_iters: int | None = None,
+                 pad: str = "zero", width_step: int = 0):
+        from masterocr.decoding import check_decoding
+
         if decode_method not in DECODE_METHODS:
             raise ValueError(f"decode method {decode_method!r}: choose one of {DECODE_METHODS}")
+        check_decoding(model, decode_method, refine_iters)  # e.g. "nar" on a model without a parallel decoder
         if precision not in _PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {sorted(_PRECISIONS)}")
         self.model = model  # decoding switches it to eval mode per call and restores the caller's mode
@@ -65,7 +104,10 @@ class Recognizer:
         self.tokenizer = model.tokenizer
         self.decode_method = decode_method
         self.beam_width = int(beam_width)
-        self.batch_size = max(1, int(batch_size))
+        self.refine_iters = None if refine_iters is None else int(refine_iters)  # None: the model's default
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size {batch_size}: must be 1 or more")
+        self.batch_size = int(batch_size)
         self.precision = precision
         if keep_aspect is None:
             keep_aspect = bool(self.model_cfg.get("keep_aspect", getattr(model, "keep_aspect", False)))
@@ -79,8 +121,8 @@ class Recognizer:
     # ---- configuration ----
 
     def to(self, device: str | torch.device) -> "Recognizer":
-        """Move the model (e.g. `rec.to("cuda")`); returns self."""
-        device = torch.device(device)
+        """Move the model (e.g. `rec.to("cuda")`); returns self. ValueError for a device this torch lacks."""
+        device = check_device(device)
         with self._lock:
             self.model.to(device)
             self.device = device
@@ -130,7 +172,7 @@ class Recognizer:
         with self._lock, torch.inference_mode(), self._autocast():
             images = images.to(self.device, non_blocking=True)
             result = decode(self.model, images, method=self.decode_method, beam_width=self.beam_width,
-                            need_attention=need_attention)
+                            need_attention=need_attention, refine_iters=self.refine_iters)
             result.probs = result.probs.float().cpu()                 # (B, T, num_classes)
             result.token_ids = result.token_ids.cpu()                 # (B, T)
             attention = None if result.attention is None else result.attention.float().cpu()  # (B, T, Hf, Wf)
@@ -148,7 +190,13 @@ class Recognizer:
 
     def preprocess(self, source: ImageSource) -> torch.Tensor:
         """One image -> (C, H, W) tensor. Raises ImageError naming the input."""
-        return self.transform(source)
+        try:
+            return self.transform(source)
+        except ImageError as e:
+            if isinstance(source, bytes) and e.reason == "not an image file" and _looks_like_path(source):
+                raise ImageError(f"{e}; bytes are read as encoded image data: to read a file, pass its path as "
+                                 "str", e.reason) from None
+            raise
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
              on_error: str = "auto") -> ReadResult | list[ReadResult]:
@@ -158,7 +206,8 @@ class Recognizer:
         `error` names it (empty text), and the others are still read. on_error="raise" raises ImageError
         instead; "auto" (default) raises for a single input and skips in a list (see reading.read_batched).
         """
-        return read_batched(x, self.preprocess, self.predict_batch, batch_size or self.batch_size, on_error)
+        return read_batched(x, self.preprocess, self.predict_batch,
+                            self.batch_size if batch_size is None else batch_size, on_error)
 
     def predict_batch(self, prepared: list[torch.Tensor], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
@@ -232,14 +281,18 @@ def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
 
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
-         batch_size: int = 32, precision: str = "fp32", use_ema: bool = True) -> Recognizer:
+         batch_size: int = 32, precision: str = "fp32", use_ema: bool = True,
+         refine_iters: int | None = None) -> Recognizer:
     """A Recognizer from a bundled model name, a .safetensors file or a training checkpoint (.ckpt).
 
     Without a name, the bundled model is used (an error says how to pass a path when none is bundled).
+    decode_method: "greedy", "beam" or "nar" (models with a parallel decoder, e.g. PARSeq); refine_iters:
+    cloze refinement passes after decoding (models that refine; None: the model's own default).
     """
     from masterocr.models.layers import fold_batchnorm
     from masterocr.weights import load_model
 
+    check_device(device)  # before the weights are read: a wrong device is the quicker message
     if name_or_path is None:
         name_or_path = default_model_name()
     model, model_cfg = load_model(name_or_path, device="cpu", use_ema=use_ema)
@@ -252,7 +305,8 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
         keep_aspect = stored.get("keep_aspect")
     return Recognizer(model, model_cfg, device=device, decode_method=decode_method, beam_width=beam_width,
                       keep_aspect=keep_aspect, batch_size=batch_size, precision=precision,
-                      pad=stored.get("pad", "zero"), width_step=stored.get("width_step", 0))
+                      refine_iters=refine_iters, pad=stored.get("pad", "zero"),
+                      width_step=stored.get("width_step", 0))
 
 
 # ---- attention pictures ---------------------------------------------------------------------------------
@@ -288,12 +342,12 @@ def _attention_on_image(att: np.ndarray, img_size: tuple[int, int], keep_aspect:
     The map covers the resized (H, W) input; with keep_aspect only the left part of it holds the image
     (the rest is padding), so that part is cut out before scaling to the display size. Returns (h, w) in [0, 1].
     """
+    from masterocr.data.image import content_width
+
     height, width = img_size
-    w0, h0 = image_size
     canvas = Image.fromarray(np.asarray(att, dtype=np.float32), mode="F").resize((width, height), Image.BILINEAR)
     if keep_aspect:
-        valid = max(1, min(width, round(w0 * height / h0)))
-        canvas = canvas.crop((0, 0, valid, height))
+        canvas = canvas.crop((0, 0, content_width(image_size, height, width, keep_aspect), height))
     out = np.asarray(canvas.resize(display, Image.BILINEAR), dtype=np.float32)
     top = float(out.max())
     return out / top if top > 0 else out

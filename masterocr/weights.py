@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
@@ -77,8 +78,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """Call `write(file)` on a temporary file in `path`'s folder, fsync it, then rename it over `path`
     (os.replace is atomic on POSIX): a kill at any moment leaves the old file or the new one, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, f"cannot write here ({e.strerror})", str(path)) from None
     try:
         mask = os.umask(0)
         os.umask(mask)
@@ -134,6 +138,9 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], model_cfg: Any, 
     cfg = resolve_model_config(model_cfg)
     state = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = model_tensors(state, dtype)
+    problem = non_finite(tensors)  # after the cast: fp16 overflows to inf too
+    if problem:
+        raise WeightsError(f"{path}: not written: {problem}")
     info = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -173,23 +180,95 @@ def resolve_weights_path(name_or_path: str | os.PathLike) -> Path:
     return resolve_shipped(name_or_path, BUNDLED_DIR, ".safetensors", "weights")
 
 
+def sniff_format(path: str | os.PathLike) -> str:
+    """What a weights file holds, from its first bytes: "safetensors", "torch" (a torch.save zip archive),
+    "pickle" (a bare Python pickle, e.g. torch's legacy format), "empty" or "unknown"."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04":
+        return "torch"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
+        return "safetensors"
+    return "unknown"
+
+
+def load_torch_file(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True, the one way masterocr opens a torch file: tensors and plain containers
+    come out; a pickle that would build another object or call a function is refused (never run), and every
+    failure is a WeightsError naming the file and saying what it holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    kind = sniff_format(path)
+    if kind == "empty":
+        raise WeightsError(f"{path}: empty file, not a checkpoint")
+    if kind in ("safetensors", "unknown"):
+        what = "a safetensors file (name it .safetensors)" if kind == "safetensors" else "unknown content"
+        raise WeightsError(f"{path}: not a torch checkpoint (neither a torch.save archive nor a pickle: {what})")
+    try:  # mmap needs the zip format; a pickle is read whole
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing them itself
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind == "torch")
+    except Exception as e:  # UnpicklingError (unsafe payload), RuntimeError/EOFError (broken archive)
+        detail = next((line.strip() for line in str(e).splitlines()
+                       if line.strip().startswith(("Trying to load unsupported", "Unsupported"))), "")
+        detail = detail or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if type(e).__name__ == "UnpicklingError" and kind == "pickle":
+            raise WeightsError(f"{path}: refused: a Python pickle that the weights-only loader cannot read "
+                               f"safely; it may hold code, which masterocr never executes ({detail})") from None
+        if type(e).__name__ == "UnpicklingError":
+            raise WeightsError(f"{path}: refused: the file holds pickled code or objects other than tensors and "
+                               f"plain containers, which masterocr never executes ({detail})") from None
+        raise WeightsError(f"{path}: cannot load as a weights-only torch checkpoint "
+                           f"({type(e).__name__}: {detail})") from None
+
+
+def _config_json(text: str, path: Path, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}: {where} is not valid JSON ({e})") from None
+
+
+def _open_safetensors(path: Path):
+    """(metadata, safe_open context) checks; WeightsError naming the file and what it seems to hold."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        kind = sniff_format(path) if path.is_file() else "unknown"
+        hint = {"torch": "; it is a torch checkpoint: name it .ckpt", "pickle": "; it is a Python pickle",
+                "empty": "; the file is empty"}.get(kind, "")
+        raise WeightsError(f"{path}: not a readable safetensors file ({e}){hint}") from None
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, model config) from a .safetensors file written by save_weights (config from metadata,
     or from the .json sidecar for files whose metadata lacks it)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import load_file
 
     path = Path(path)
+    metadata = _open_safetensors(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
     if "model_config" in metadata:
-        cfg = json.loads(metadata["model_config"])
+        cfg = _config_json(metadata["model_config"], path, "the metadata's model_config")
     elif sidecar_path(path).is_file():
-        cfg = json.loads(sidecar_path(path).read_text(encoding="utf-8")).get("model")
+        try:
+            sidecar = _config_json(sidecar_path(path).read_text(encoding="utf-8"), path, "the .json sidecar")
+        except UnicodeDecodeError:
+            raise WeightsError(f"{sidecar_path(path)}: not UTF-8 text") from None
+        cfg = sidecar.get("model") if isinstance(sidecar, dict) else None
     else:
         cfg = None
     if not isinstance(cfg, dict):
@@ -202,21 +281,14 @@ def read_model_config(name_or_path: str | os.PathLike) -> dict:
     weights-only checkpoint)."""
     path = resolve_weights_path(name_or_path)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+        metadata = _open_safetensors(path)
         if "model_config" in metadata:
-            return json.loads(metadata["model_config"])
+            cfg = _config_json(metadata["model_config"], path, "the metadata's model_config")
+            if not isinstance(cfg, dict):
+                raise WeightsError(f"{path}: the metadata's model_config is not a JSON object")
+            return cfg
         return read_safetensors(path)[1]
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: cannot load as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = load_torch_file(path, mmap=True)
     cfg = ckpt.get(CKPT_CONFIG_KEY, {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict):
         raise WeightsError(f"{path}: checkpoint carries no masterocr config ({CKPT_CONFIG_KEY!r})")
@@ -230,10 +302,7 @@ def read_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict
     weights are returned when the checkpoint has them and `use_ema` (they are what EMA is for).
     """
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for unsafe content, RuntimeError/EOFError for broken files
-        raise WeightsError(f"{path}: cannot load as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise WeightsError(f"{path}: not a training checkpoint (no state_dict)")
     run_cfg = ckpt.get(CKPT_CONFIG_KEY)
@@ -249,15 +318,57 @@ def read_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict
     return tensors, run_cfg["model"], run_cfg
 
 
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """'tensor KEY holds N NaN or infinite value(s) of M' for the first such tensor, else None."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            return f"tensor {key!r} holds {bad} NaN or infinite value(s) of {value.numel()}"
+    return None
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """WeightsError naming the first tensor that holds NaN or infinity: such weights read every image as
+    garbage (empty text, confidence nan) and fine-tune into more of it."""
+    problem = non_finite(tensors)
+    if problem:
+        raise WeightsError(f"{source}: {problem}: these weights are broken (from a diverged run?); "
+                           "use an earlier checkpoint")
+
+
 def read_weights(name_or_path: str | os.PathLike, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, model config) from a bundled name, a .safetensors file or a .ckpt checkpoint."""
+    """(tensors, model config) from a bundled name, a .safetensors file or a .ckpt checkpoint; the tensors are
+    checked to be finite. A file with another suffix is read by what its first bytes say it is."""
     path = resolve_weights_path(name_or_path)
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
-    if path.suffix in (".ckpt", ".pt", ".pth"):
+    kind = path.suffix
+    if kind not in (".safetensors", ".ckpt", ".pt", ".pth"):
+        kind = {"safetensors": ".safetensors", "torch": ".ckpt", "pickle": ".ckpt"}.get(sniff_format(path), "")
+    if kind == ".safetensors":
+        tensors, model_cfg = read_safetensors(path)
+    elif kind in (".ckpt", ".pt", ".pth"):
         tensors, model_cfg, _ = read_checkpoint(path, use_ema=use_ema)
-        return tensors, model_cfg
-    raise WeightsError(f"{path}: unknown weights format (expected .safetensors or .ckpt)")
+    else:
+        raise WeightsError(f"{path}: unknown weights format (expected .safetensors or a .ckpt checkpoint)")
+    check_finite(tensors, path)
+    return tensors, model_cfg
+
+
+def check_fits(tensors: Mapping[str, torch.Tensor], model_cfg: Mapping, source: str | os.PathLike) -> None:
+    """WeightsError when the tensors are not those of the model their own config describes (another charset
+    or architecture than the config claims): names the first tensor that differs."""
+    try:
+        expected = {k: tuple(v.shape) for k, v in _build(dict(model_cfg)).state_dict().items()}
+    except (ValueError, TypeError, KeyError) as e:
+        raise WeightsError(f"{source}: its model config does not describe a model ({e})") from None
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise WeightsError(f"{source}: lacks {len(missing)} tensor(s) of the model its config describes, "
+                           f"e.g. {missing[0]!r}")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise WeightsError(f"{source}: tensor {key!r} has shape {tuple(tensors[key].shape)}, but the model its "
+                               f"config describes (charset of {len(load_charset(model_cfg['charset']))}) needs "
+                               f"{shape}: the config does not match the weights")
 
 
 def average_weights(sources: Sequence[str | os.PathLike], use_ema: bool = True
@@ -292,7 +403,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     """Build the model described by the weights' own config, load the tensors, return (model in eval mode,
     model config dict). Accepts a bundled name, a .safetensors path or a training checkpoint (.ckpt)."""
     tensors, model_cfg = read_weights(name_or_path, use_ema=use_ema)
-    model = _build(model_cfg)
+    try:
+        model = _build(model_cfg)
+    except (ValueError, TypeError, KeyError) as e:
+        raise WeightsError(f"{name_or_path}: its model config does not describe a model ({e})") from None
     try:
         model.load_state_dict(tensors, strict=True)  # copies (and casts fp16 -> the model's dtype)
     except RuntimeError as e:
@@ -384,6 +498,7 @@ def load_for_finetune(model: nn.Module, weights: str | os.PathLike, use_ema: boo
     """Load `weights` (bundled name, .safetensors or .ckpt) into `model` in place, weights only (no optimizer
     or schedule), mapping rows when the charsets differ. Returns the stats of finetune_state_dict."""
     src_tensors, src_cfg = read_weights(weights, use_ema=use_ema)
+    check_fits(src_tensors, src_cfg, weights)  # the rows are mapped by the charset the config claims
     state, stats = finetune_state_dict(model, src_tensors, src_cfg)
     model.load_state_dict(state, strict=True)
     return stats

@@ -39,7 +39,7 @@ def test_build_and_inspect_a_folder(tmp_path, capsys):
         f.write("images/broken.png\tbroken\nimages/gone.png\tgone\n")
     out_lmdb = tmp_path / "words.lmdb"
 
-    assert main(["data", "build", str(folder), str(out_lmdb)]) == 0
+    assert main(["data", "build", str(folder), str(out_lmdb)]) == 1  # written, with 2 images left out
     out = capsys.readouterr().out
     assert "read 8 entries" in out and "skipped 2 unreadable images" in out
     assert "broken.png" in out and "gone.png" in out
@@ -86,7 +86,7 @@ def test_build_with_charset_filter_reports_drops(tmp_path, capsys):
     assert main(["data", "build", str(folder), str(tmp_path / "o.lmdb"), "--charset", "36",
                  "--max-length", "25"]) == 0
     out = capsys.readouterr().out
-    assert "dropped 2 labels: 1 out_of_charset, 1 too_long" in out
+    assert "dropped 2 entries: 1 out_of_charset, 1 too_long" in out
     assert "wrote 1 samples" in out
 
 

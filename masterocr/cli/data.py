@@ -7,15 +7,17 @@ import importlib
 import logging
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
 from collections import Counter
 
-from ..charset import BUILTIN_CHARSETS, normalize_label
-from ..data.datasets import LMDB_LAYOUTS, MultiSourceDataset, open_dataset, write_lmdb
-from ..data.image import ImageError, load_image
-from ..data.montage import make_montage
+from ..charset import BUILTIN_CHARSETS, charset_names, load_charset, normalize_label
+from .common import by_reason, non_negative_int, positive_int, shown
+
+# The data layer (torch, LMDB, Pillow) is imported by the actions, not here: `--help` stays fast.
+LAYOUT_NAMES = ("master", "standard")  # data.datasets.LMDB_LAYOUTS (a test keeps them equal)
 
 GENERIC_NAMES = {"train", "test", "val", "valid", "validation", "labels", "gt", "data", "images", "lmdb"}
 
@@ -27,21 +29,23 @@ def register(subparsers) -> None:
     actions = data.add_subparsers(dest="data_command", metavar="ACTION")
 
     build = actions.add_parser(
-        "build", help="write an LMDB from a labelled folder or label file",
-        description="Write SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines label "
-                    "file, or an LMDB) into a new LMDB at OUT. Unreadable images are skipped and listed.")
-    build.add_argument("src", help="folder with labels.tsv, a label file, or an LMDB")
+        "build", help="write an LMDB from labelled folders, label files, LMDBs or FSNS TFRecords",
+        description="Write every SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines "
+                    "label file, an LMDB, or FSNS TFRecords: a shard, a folder of shards or a quoted glob) into "
+                    "one new LMDB at OUT. Unreadable images, damaged records and malformed label lines are "
+                    "skipped and listed, the others written; the exit code is then 1.")
+    build.add_argument("src", nargs="+", help="folder with labels.tsv, a label file, an LMDB, or FSNS shards")
     build.add_argument("out", help="output LMDB directory (must not exist unless --overwrite)")
-    build.add_argument("--layout", choices=sorted(LMDB_LAYOUTS), default="standard",
+    build.add_argument("--layout", choices=LAYOUT_NAMES, default="standard",
                        help="key layout: standard (num-samples/image-%%09d/label-%%09d) or master "
                             "(nSamples/image-{i}/transcript-{i}); default standard")
     build.add_argument("--image-root", help="folder the label file's image paths are relative to "
                                             "(default: the label file's folder)")
     build.add_argument("--format", dest="label_format", choices=["tsv", "txt", "jsonl"],
                        help="label file format (default: detected)")
-    build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, a file or a "
-                                         "string), normalised for it; default: keep labels as they are")
-    build.add_argument("--max-length", type=int, help="drop labels longer than this")
+    build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, fsns, a file or "
+                                         "a string), normalised for it; default: keep labels as they are")
+    build.add_argument("--max-length", type=positive_int, help="drop labels longer than this")
     build.add_argument("--no-check", action="store_true",
                        help="copy image bytes without decoding them first (faster; bad images stay in)")
     build.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -50,14 +54,15 @@ def register(subparsers) -> None:
     inspect = actions.add_parser(
         "inspect", help="counts, charset coverage, label lengths and a montage of samples",
         description="Summarise a dataset (any format open_dataset reads) and draw a montage of samples.")
-    inspect.add_argument("path", help="LMDB, LMDB tree, folder with labels.tsv, or label file")
+    inspect.add_argument("path", help="LMDB, LMDB tree, folder with labels.tsv, label file, or FSNS TFRecords "
+                                      "(a shard, a folder of shards or a quoted glob)")
     inspect.add_argument("--montage", help="montage PNG to write (default: <dataset name>_montage.png in the "
                                            "current folder)")
     inspect.add_argument("--no-montage", action="store_true", help="do not draw a montage")
-    inspect.add_argument("--samples", type=int, default=32, help="images in the montage (default 32)")
-    inspect.add_argument("--columns", type=int, default=4, help="montage columns (default 4)")
+    inspect.add_argument("--samples", type=non_negative_int, default=32, help="images in the montage (default 32)")
+    inspect.add_argument("--columns", type=positive_int, default=4, help="montage columns (default 4)")
     inspect.add_argument("--seed", type=int, default=0, help="which random samples to show (default 0)")
-    inspect.add_argument("--size-samples", type=int, default=1000,
+    inspect.add_argument("--size-samples", type=non_negative_int, default=1000,
                          help="images whose width/height are read for size statistics (default 1000)")
     inspect.add_argument("--image-root", help="folder a label file's image paths are relative to")
     inspect.set_defaults(func=run_inspect)
@@ -85,22 +90,34 @@ def _configure_logging() -> None:
 
 
 def _sources(dataset) -> list[tuple[str, object]]:
+    from ..data.datasets import MultiSourceDataset
+
     return dataset.sources if isinstance(dataset, MultiSourceDataset) else [(dataset.source, dataset)]
 
 
 # ---- build ----------------------------------------------------------------------------------------------
 
 def run_build(args) -> int:
+    from ..data.datasets import MultiSourceDataset, open_dataset, write_lmdb
+    from ..data.image import ImageError, load_image
+
     _configure_logging()
     if os.path.exists(args.out) and not args.overwrite:
         print(f"masterocr data build: error: {args.out} already exists (use --overwrite to replace it)",
               file=sys.stderr)
         return 2
     start = time.perf_counter()
-    dataset = open_dataset(args.src, charset=args.charset, max_length=args.max_length,
-                           image_root=args.image_root, label_format=args.label_format)
+    opened = [open_dataset(src, charset=args.charset, max_length=args.max_length,
+                           image_root=args.image_root, label_format=args.label_format) for src in args.src]
+    dataset = opened[0] if len(opened) == 1 else MultiSourceDataset(
+        [source for part in opened for source in _sources(part)])
     report = dataset.report
+    if len(dataset) == 0:  # nothing to write: say why instead of leaving an empty LMDB behind
+        print(f"masterocr data build: error: {', '.join(map(shown, args.src))} "
+              f"{'holds' if len(args.src) == 1 else 'hold'} no usable samples ({report})", file=sys.stderr)
+        return 2
     skipped: list[str] = []
+    reasons: list[str] = []
 
     def samples():
         progress = _progress(len(dataset), "build")
@@ -108,11 +125,12 @@ def run_build(args) -> int:
             progress.update()
             try:
                 data, label, name = dataset.raw(index)
-                if not args.no_check:
-                    load_image(data)  # full decode: truncated, empty and non-image files are caught here
+                if not args.no_check:  # full decode: truncated, empty and non-image files are caught here
+                    load_image(data, name=name)
             except ImageError as e:
                 message = str(e) if str(e).startswith(dataset.name(index)) else f"{dataset.name(index)}: {e}"
                 skipped.append(message)
+                reasons.append(e.reason)
                 continue
             yield data, label
         progress.close()
@@ -120,19 +138,28 @@ def run_build(args) -> int:
     written = write_lmdb(args.out, samples(), layout=args.layout, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
     size_mb = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out)) / 1e6
-    print(f"read {report.total} entries from {args.src}")
+    print(f"read {report.total} entries from {', '.join(args.src)}")
     if report.dropped:
-        print(f"dropped {report.num_dropped} labels: " +
+        print(f"dropped {report.num_dropped} entries: " +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())))
+    for line in _fsns_notes(dataset):
+        print(line)
     if skipped:
-        print(f"skipped {len(skipped)} unreadable images:")
+        print(f"skipped {len(skipped)} unreadable images ({by_reason(reasons)}):")
         for line in skipped[:20]:
-            print(f"  {line}")
+            print(f"  {shown(line)}")
         if len(skipped) > 20:
             print(f"  ... and {len(skipped) - 20} more")
     print(f"wrote {written} samples to {args.out} ({args.layout} layout, {size_mb:.1f} MB) in {elapsed:.1f} s")
     if not written:
-        print("masterocr data build: error: no readable samples (check the image paths and --image-root)",
+        shutil.rmtree(args.out, ignore_errors=True)  # an empty LMDB is not a result
+        print("masterocr data build: error: no readable samples (check the image paths and --image-root); "
+              "nothing written", file=sys.stderr)
+        return 1
+    malformed = report.num_malformed  # malformed lines, missing keys, damaged records
+    if skipped or malformed:
+        print(f"masterocr data build: {len(skipped)} unreadable image(s) and {malformed} malformed or damaged "
+              f"entr{'y' if malformed == 1 else 'ies'} left out (named above); the others were written",
               file=sys.stderr)
         return 1
     return 0
@@ -156,9 +183,11 @@ def _progress(total: int, desc: str):
 # ---- inspect --------------------------------------------------------------------------------------------
 
 def charset_coverage(labels: list[str]) -> dict[str, int]:
-    """For each built-in charset: how many labels lie wholly inside it after that charset's normalisation."""
+    """For each named charset (built-in and shipped): how many labels lie wholly inside it after that
+    charset's normalisation."""
     coverage = {}
-    for name, chars in BUILTIN_CHARSETS.items():
+    for name in charset_names():
+        chars = load_charset(name)
         allowed = frozenset(chars)
         coverage[name] = sum(1 for label in labels if allowed.issuperset(normalize_label(label, chars)))
     return coverage
@@ -179,6 +208,23 @@ def length_histogram(labels: list[str], width: int = 40, max_rows: int = 40) -> 
     return [f"  {r:>{label_w}} | {'#' * (round(width * c / peak) if c else 0):<{width}} {c}" for r, c in rows]
 
 
+def _fsns_notes(dataset) -> list[str]:
+    """FSNS sources: damaged shards, records whose image/text disagrees with their ids, views per image."""
+    lines = []
+    for name, source in _sources(dataset):
+        if not hasattr(source, "shards"):
+            continue
+        for problem in source.shard_problems:
+            lines.append(f"  damaged shard: {problem}")
+        if source.text_mismatches:
+            lines.append(f"  {len(source.text_mismatches)} record(s) of {name} whose image/text differs from the "
+                         f"class ids (labels come from the ids), e.g. {source.text_mismatches[0]}")
+        if source.views:
+            views = ", ".join(f"{v}: {n}" for v, n in sorted(source.views.items()))
+            lines.append(f"  views per image in {name} (4 x orig_width / width): {views}")
+    return lines
+
+
 def _default_montage_path(path: str) -> str:
     parts = [p for p in os.path.normpath(os.path.abspath(path)).split(os.sep) if p]
     stem = os.path.splitext(parts[-1])[0] if parts else "dataset"
@@ -188,12 +234,18 @@ def _default_montage_path(path: str) -> str:
 
 
 def run_inspect(args) -> int:
+    from ..data.datasets import open_dataset
+    from ..data.image import ImageError, load_image
+    from ..data.montage import make_montage
+
     _configure_logging()
     dataset = open_dataset(args.path, image_root=args.image_root)
     sources = _sources(dataset)
     labels = list(dataset.labels)
     total = len(labels)
     def kind(source) -> str:
+        if hasattr(source, "shards"):
+            return f"{source.format}, {len(source.shards)} shard{'s' if len(source.shards) > 1 else ''}"
         return f"LMDB, {source.layout} layout" if hasattr(source, "layout") else f"{source.format} label file"
 
     if len(sources) == 1:
@@ -206,8 +258,11 @@ def run_inspect(args) -> int:
     if report.dropped:
         print(f"  not counted: {report.num_dropped} entries (" +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) + ")")
+    for line in _fsns_notes(dataset):
+        print(line)
     if not total:
-        return 1
+        print(f"masterocr data inspect: error: {shown(args.path)} holds no samples ({report})", file=sys.stderr)
+        return 2
 
     lengths = [len(label) for label in labels]
     chars = Counter(c for label in labels for c in label)
@@ -215,13 +270,15 @@ def run_inspect(args) -> int:
           f"mean {statistics.fmean(lengths):.1f}, max {max(lengths)}; {len(chars)} distinct characters")
 
     print("charset coverage (labels wholly inside, after the charset's normalisation):")
-    for name, n in charset_coverage(labels).items():
-        print(f"  {name:>3}: {n:>8} ({100.0 * n / total:.1f}%)")
+    coverage = charset_coverage(labels)
+    name_width = max(len(name) for name in coverage)
+    for name, n in coverage.items():
+        print(f"  {name:>{name_width}}: {n:>8} ({100.0 * n / total:.1f}%)")
     outside = {c: n for c, n in chars.items() if c not in BUILTIN_CHARSETS["94"]}
     if outside:
-        shown = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])
+        listed = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])
         more = f" (+{len(outside) - 30} more)" if len(outside) > 30 else ""
-        print(f"characters outside 94 ({len(outside)}): {shown}{more}")
+        print(f"characters outside 94 ({len(outside)}): {listed}{more}")
     else:
         print("characters outside 94: none")
 
@@ -248,8 +305,8 @@ def run_inspect(args) -> int:
         items, unreadable = [], 0
         for i in picks:
             try:
-                data, label, _ = dataset.raw(i)
-                items.append((load_image(data), label))
+                data, label, name = dataset.raw(i)
+                items.append((load_image(data, name=name), label))
             except ImageError as e:
                 logging.getLogger(__name__).warning("%s", e)
                 items.append((None, labels[i]))

@@ -12,12 +12,19 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each module defines `register(subparsers)` adding its command(s) with `func` set as default.
-COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights"]
+COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command. Registration imports no torch, so `--help` and `--version` stay fast."""
+    from masterocr import __version__
+
     parser = argparse.ArgumentParser(
-        prog="masterocr", description="Scene text recognition: read, train, evaluate MASTER and friends.")
+        prog="masterocr", description="Scene text recognition: read, train, evaluate MASTER and friends.",
+        epilog="exit codes: 0 done; 1 some inputs failed (each named on stderr, the others processed); "
+               "2 usage or input error; 130/143 interrupted (SIGINT/SIGTERM); 141 output pipe closed; "
+               "70 internal error (a bug: please report it). MASTEROCR_TRACEBACK=1 shows tracebacks.")
+    parser.add_argument("--version", action="version", version=f"masterocr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -35,15 +42,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 0 if args.command is None else 2
+        return 2  # no command: a usage error, as `masterocr data` without an action
+    command = " ".join(str(part) for part in (args.command, getattr(args, "data_command", None)) if part)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        print(f"\nmasterocr {command}: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as e:
-        print(f"masterocr {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        # The reader went away (`masterocr read DIR | head -1`): stop quietly, as a process killed by SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail on the closed pipe again
+        return 141
+    except Exception as e:
+        from masterocr.cli.common import user_error_message
 
+        message = user_error_message(e)
+        if os.environ.get("MASTEROCR_TRACEBACK"):
+            raise
+        if message is not None:
+            print(f"masterocr {command}: error: {message}", file=sys.stderr)
+            return 2
+        import traceback
+
+        print(f"masterocr {command}: internal error (a bug in masterocr; please report it with the "
+              f"command and the traceback below): {type(e).__name__}: {e}", file=sys.stderr)
+        traceback.print_exc()
+        return 70
 
 if __name__ == "__main__":
     sys.exit(main())

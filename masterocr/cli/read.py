@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 from pathlib import Path
+
+from masterocr.cli.common import by_reason, json_line, non_negative_int, positive_int, shown, tsv_field
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -17,41 +18,55 @@ def register(subparsers) -> None:
         "read", help="read the text in word images",
         description="Read cropped word images. Prints path<TAB>text<TAB>confidence per image, or JSON lines "
                     "with per-character probabilities. Unreadable files are reported on stderr and the "
-                    "others still read; the exit code is 1 when any input failed.")
+                    "others still read; the exit code is 1 when any input failed. Tabs, newlines and "
+                    "backslashes in names and texts are written as \\t, \\n and \\\\ in the TSV, bytes that "
+                    "are not UTF-8 as \\xNN (in JSON as \\udcNN escapes, which json.loads and os.fsencode "
+                    "turn back into the name).")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB",
                    help="image files, folders (their images, not recursive) or glob patterns (** allowed)")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled model name, .safetensors or .ckpt (default: the bundled model)")
     p.add_argument("--json", action="store_true", help="JSON lines with per-character probabilities")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
-    p.add_argument("--beam-width", type=int, default=5)
+    p.add_argument("--decode", default="greedy", choices=["greedy", "beam", "nar"],
+                   help="greedy or beam: autoregressive; nar: all positions at once (PARSeq)")
+    p.add_argument("--refine", type=non_negative_int, default=None, metavar="N",
+                   help="cloze refinement passes after decoding (PARSeq; default: the model's own, 1)")
+    p.add_argument("--beam-width", type=positive_int, default=5)
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="write per image a PNG of the decoder attention for each character")
     p.set_defaults(func=run)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
-    """(image paths in order, without duplicates; error messages for inputs that name nothing)."""
+    """(image paths in order, without duplicates; error messages for inputs that name nothing).
+
+    A folder gives every entry with an image suffix, not only regular files: a directory named x.png, a
+    dangling link or a link loop is then reported by the reader with its reason instead of silently skipped.
+    """
     paths: list[str] = []
     errors: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(str(p) for p in Path(item).iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                found = sorted(str(p) for p in Path(item).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as e:
+                errors.append(f"{shown(item)}: cannot list the folder ({e.strerror or e})")
+                continue
             if not found:
-                errors.append(f"{item}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                errors.append(f"{shown(item)}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             paths.extend(found)
-        elif os.path.exists(item):
+        elif os.path.lexists(item):  # a file, or a link the reader explains (dangling, loop)
             paths.append(item)
         elif glob.has_magic(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            found = sorted(p for p in glob.glob(item, recursive=True)
+                           if not os.path.isdir(p) or Path(p).suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                errors.append(f"{item}: no file matches")
+                errors.append(f"{shown(item)}: no file matches")
             paths.extend(found)
         else:
-            errors.append(f"{item}: no such file")
+            errors.append(f"{shown(item)}: no such file")
     return list(dict.fromkeys(paths)), errors
 
 
@@ -72,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     paths, failed = expand_inputs(args.inputs)
     for message in failed:
         print(f"masterocr read: {message}", file=sys.stderr)
-    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width)
+    reasons = ["no such file"] * len(failed)  # why each failed input failed, for the closing summary
+    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
+               refine_iters=args.refine)
     out_dir = Path(args.attention) if args.attention else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
                 img = load_image(path, grayscale=rec.transform.grayscale)
                 tensors.append(rec.preprocess(img))
             except ImageError as e:
-                print(f"masterocr read: {e}", file=sys.stderr)
+                print(f"masterocr read: {shown(str(e))}", file=sys.stderr)
                 n_failed += 1
+                reasons.append(e.reason)
                 continue
             images.append(img)
             names.append(path)
@@ -95,20 +113,27 @@ def run(args: argparse.Namespace) -> int:
             continue
         results = rec.predict(rec.collate(tensors))  # (B, C, H, W) -> B readings
         for path, img, r in zip(names, images, results):
-            if args.json:
-                print(json.dumps({"path": path, "text": r.text, "confidence": round(r.confidence, 6),
-                                  "chars": list(r.text), "char_probs": [round(p, 6) for p in r.char_probs]},
-                                 ensure_ascii=False))
-            else:
-                print(f"{path}\t{r.text}\t{r.confidence:.4f}")
+            figure = None
             if out_dir is not None:
                 if r.attention is None:
-                    print(f"masterocr read: {path}: this model has no decoder attention to draw", file=sys.stderr)
+                    print(f"masterocr read: {shown(path)}: this model has no decoder attention to draw",
+                          file=sys.stderr)
                 else:
-                    fig = attention_figure(img, r, rec.img_size, rec.keep_aspect)
-                    fig.save(out_dir / _attention_name(path, used_names))
+                    figure = out_dir / _attention_name(path, used_names)
+                    if figure.stem != (Path(path).stem or "image"):  # another input took the plain name
+                        print(f"masterocr read: {shown(path)}: attention written to {shown(figure)} "
+                              f"({Path(path).stem or 'image'}.png holds another input's)", file=sys.stderr)
+                    attention_figure(img, r, rec.img_size, rec.keep_aspect).save(figure)
+            if args.json:
+                line = {"path": path, "text": r.text, "confidence": round(r.confidence, 6),
+                        "chars": list(r.text), "char_probs": [round(p, 6) for p in r.char_probs]}
+                if figure is not None:
+                    line["attention"] = str(figure)
+                print(json_line(line))
+            else:  # one line per image whatever the name holds: tabs, newlines, undecodable bytes escaped
+                print(f"{tsv_field(path)}\t{tsv_field(r.text)}\t{r.confidence:.4f}")
         sys.stdout.flush()
     if n_failed:
-        print(f"masterocr read: {n_failed} input(s) failed, {len(paths) - (n_failed - len(failed))} read",
-              file=sys.stderr)
+        print(f"masterocr read: {n_failed} of {len(paths) + len(failed)} input(s) failed ({by_reason(reasons)}), "
+              f"{len(paths) - (n_failed - len(failed))} read", file=sys.stderr)
     return 1 if n_failed else 0

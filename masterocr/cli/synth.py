@@ -20,6 +20,8 @@ from typing import Iterator
 
 from PIL import Image
 
+from .common import non_negative_int, positive_int
+
 DEFAULT_PREVIEW = 48
 _CHUNK = 256
 _worker_renderer = None  # set in each worker process (inherited through fork, or built by the initializer)
@@ -31,16 +33,16 @@ def register(data_subparsers) -> None:
         description="Render synthetic word images (masterocr.data.synth) into an LMDB in the standard layout "
                     "and/or a labelled montage. Sample k is synthetic index START+k under SEED.")
     p.add_argument("out", nargs="?", help="output LMDB directory (omit to only --preview)")
-    p.add_argument("--count", type=int, help="number of samples to write into OUT")
+    p.add_argument("--count", type=positive_int, help="number of samples to write into OUT")
     p.add_argument("--preview", metavar="PNG", help="write a montage of the first samples to this PNG")
-    p.add_argument("--preview-count", type=int, default=DEFAULT_PREVIEW,
+    p.add_argument("--preview-count", type=positive_int, default=DEFAULT_PREVIEW,
                    help=f"samples in the preview montage (default {DEFAULT_PREVIEW})")
     p.add_argument("--charset", default="94", help="36, 62, 94, a charset file or a string (default 94)")
-    p.add_argument("--max-length", type=int, default=25, help="longest label (default 25)")
+    p.add_argument("--max-length", type=positive_int, default=25, help="longest label (default 25)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    p.add_argument("--start", type=int, default=0, help="first synthetic index (default 0)")
-    p.add_argument("--height", type=int, default=32, help="image height in pixels (default 32)")
-    p.add_argument("--width", type=int,
+    p.add_argument("--start", type=non_negative_int, default=0, help="first synthetic index (default 0)")
+    p.add_argument("--height", type=positive_int, default=32, help="image height in pixels (default 32)")
+    p.add_argument("--width", type=positive_int,
                    help="resize every image to exactly this width (default: natural width of each word)")
     p.add_argument("--config", action="append", default=[], metavar="FILE|KEY=VALUE",
                    help="renderer settings: a YAML/JSON file, a preset (naive) or an override such as effects.blur.p=0.5 "
@@ -49,8 +51,8 @@ def register(data_subparsers) -> None:
                    help="font file or folder (repeatable; default: configured or system font folders)")
     p.add_argument("--format", dest="image_format", choices=["png", "jpg"], default="png",
                    help="image encoding in the LMDB (default png, lossless)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality with --format jpg (default 95)")
-    p.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
+    p.add_argument("--quality", type=positive_int, default=95, help="JPEG quality with --format jpg (default 95)")
+    p.add_argument("--workers", type=positive_int, default=1, help="rendering processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run_synth)
 

@@ -16,11 +16,14 @@ Formats read:
   * a label file, paths relative to the file's folder (or `image_root`): labels.tsv (`path<TAB>label`),
     MASTER-pytorch txt (`path,label`, split at the first comma; a tab when the file uses tabs) and JSON lines
     (`{"ImageFile": path, "Label": label}`).
+  * FSNS TFRecords (masterocr.data.fsns): a shard, a folder of shards (one source) or a glob of them, told
+    apart from other files by the CRC of the first record's header, whatever their names.
 """
 
 from __future__ import annotations
 
 import bisect
+import glob
 import hashlib
 import io
 import json
@@ -38,7 +41,8 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..charset import load_charset, normalize_label
-from .image import ImageError, load_image
+from .image import ImageError, ImageTransform, load_image
+from .tfrecord import is_tfrecord
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ LMDB_LAYOUTS = {
 # File names recognised as a folder's label file, in order of preference.
 LABEL_FILE_NAMES = ("labels.tsv", "labels.jsonl", "labels.txt", "gt.txt")
 LABEL_FORMATS = ("tsv", "txt", "jsonl")
+# Why a label filter leaves a well-formed sample out; every other drop reason is an entry that failed.
+FILTER_REASONS = ("empty", "out_of_charset", "too_long")
 # After this many unreadable images a dataset stops logging each one (it still counts them).
 MAX_LOGGED_FAILURES = 50
 _EXAMPLES_PER_REASON = 3
@@ -76,6 +82,12 @@ class FilterReport:
     @property
     def num_dropped(self) -> int:
         return sum(self.dropped.values())
+
+    @property
+    def num_malformed(self) -> int:
+        """Entries that held no usable sample (malformed lines, missing keys, damaged records), as opposed to
+        labels a filter left out on purpose (FILTER_REASONS)."""
+        return sum(n for reason, n in self.dropped.items() if reason not in FILTER_REASONS)
 
     def __str__(self) -> str:
         text = f"{self.source}: kept {self.kept} of {self.total}"
@@ -210,7 +222,7 @@ class TextImageDataset(Dataset):
     def _warn_failed(self, name: str, error: Exception) -> None:
         self.num_failed += 1
         if self.num_failed <= MAX_LOGGED_FAILURES:
-            logger.warning("skipping unreadable image %s: %s", name, error)
+            logger.warning("skipping unreadable image: %s", error if str(error).startswith(name) else f"{name}: {error}")
             if self.num_failed == MAX_LOGGED_FAILURES:
                 logger.warning("%s: further unreadable images are skipped without a message", self.source)
 
@@ -219,7 +231,11 @@ class TextImageDataset(Dataset):
         name = self._name(key)
         try:
             data = self._read_bytes(key)
-            image = self.transform(data) if self.transform is not None else load_image(data)
+            if self.transform is None:
+                image = load_image(data, name=name)
+            else:  # the image pipeline names the sample in its errors; a custom transform gets the bytes only
+                image = self.transform(data, name=name) if isinstance(self.transform, ImageTransform) \
+                    else self.transform(data)
         except ImageError as e:
             self._warn_failed(name, e)
             return None
@@ -298,7 +314,10 @@ class LmdbDataset(TextImageDataset):
         # images are read later through lmdb_environment(), opened in whichever process reads them.
         self._file_id = _file_id(path)
         shared = self._file_id in _ENVIRONMENTS  # open here or inherited: reuse it, LMDB forbids a second
-        env = lmdb_environment(path, self._file_id) if shared else _open_lmdb(path)
+        try:
+            env = lmdb_environment(path, self._file_id) if shared else _open_lmdb(path)
+        except lmdb.Error as e:  # random bytes, an empty or truncated data.mdb
+            raise ValueError(f"{path}: not a readable LMDB ({type(e).__name__}: {e})") from None
         try:
             with env.begin() as txn:
                 if layout is not None and layout not in LMDB_LAYOUTS:
@@ -310,6 +329,12 @@ class LmdbDataset(TextImageDataset):
                     count = int(raw_count)
                 except (TypeError, ValueError):
                     raise ValueError(f"{path}: {count_key!r} is {raw_count!r}, not a number") from None
+                entries = env.stat()["entries"]
+                if count < 0:
+                    raise ValueError(f"{path}: {count_key!r} is {count}, not a sample count")
+                if count > entries:  # a few missing keys are reported one by one below; this many is a broken count
+                    raise ValueError(f"{path}: {count_key!r} is {count}, but the LMDB holds only {entries} entries "
+                                     f"(an image and a label per sample)")
                 for index in range(1, count + 1):
                     raw_label = txn.get((label_key % index).encode())
                     if raw_label is None:
@@ -321,6 +346,8 @@ class LmdbDataset(TextImageDataset):
                         self._malformed(f"{path}:{index}", "label is not UTF-8")
                         continue
                     self._add(index, label, path, index)
+        except lmdb.Error as e:
+            raise ValueError(f"{path}: not a readable LMDB ({type(e).__name__}: {e})") from None
         finally:
             if not shared:
                 env.close()
@@ -332,9 +359,9 @@ class LmdbDataset(TextImageDataset):
             with env.begin() as txn:
                 data = txn.get((self._image_key % key).encode())
         except (OSError, lmdb.Error) as e:
-            raise ImageError(f"{self._name(key)}: cannot read LMDB ({e})") from None
+            raise ImageError(f"{self._name(key)}: cannot read LMDB ({e})", "cannot read") from None
         if data is None:
-            raise ImageError(f"{self._name(key)}: no key {self._image_key % key!r}")
+            raise ImageError(f"{self._name(key)}: no key {self._image_key % key!r}", "missing LMDB entry")
         return bytes(data)
 
     def _name(self, key: int) -> str:
@@ -371,15 +398,29 @@ def detect_label_format(path: str) -> str:
 
 
 def _parse_label_file(path: str, fmt: str):
-    """Yield (line number, image path or None, label or reason it is malformed)."""
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
+    """Yield (line number, image path or None, label or reason it is malformed). A line that is not UTF-8 is
+    malformed on its own: the other lines are still read."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # UTF-8 byte-order mark
+    lines: list[str | None] = []  # None: not UTF-8 (why in `undecodable`)
+    undecodable: dict[int, str] = {}
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            lines.append(None)
+            undecodable[lineno] = f"not UTF-8 (byte 0x{line[e.start:e.start + 1].hex()} at column {e.start + 1})"
     separator = "\t"
     if fmt == "txt":
         # MASTER-pytorch: `name,label`, split at the first comma. Accept tabs for files that use them.
-        first = next((line for line in lines if line.strip()), "")
+        first = next((line for line in lines if line is not None and line.strip()), "")
         separator = "\t" if "\t" in first else ","
     for lineno, line in enumerate(lines, 1):
+        if line is None:
+            yield lineno, None, undecodable[lineno]
+            continue
         if not line.strip():
             continue
         if fmt == "jsonl":
@@ -398,6 +439,9 @@ def _parse_label_file(path: str, fmt: str):
                 yield lineno, None, f"no {'tab' if separator == chr(9) else 'comma'} between path and label"
                 continue
             image, label = line.split(separator, 1)
+            if "\t" in label and fmt == "tsv":
+                yield lineno, None, "more than one tab (a label cannot hold a tab; expected path<TAB>label)"
+                continue
             yield lineno, image.strip(), label
 
 
@@ -430,7 +474,9 @@ class LabelFileDataset(TextImageDataset):
             with open(key, "rb") as f:
                 return f.read()
         except OSError as e:
-            raise ImageError(f"{key}: {e.strerror or e}") from None
+            reason = {FileNotFoundError: "no such file", IsADirectoryError: "not a file",
+                      PermissionError: "permission denied"}.get(type(e), "cannot read")
+            raise ImageError(f"{key}: {e.strerror or e}", reason) from None
 
     def _name(self, key: str) -> str:
         return key
@@ -523,9 +569,15 @@ def _open_sources(path: str | os.PathLike, transform: Callable | None, label_fil
                   label_format: str | None = None) -> list[tuple[str, TextImageDataset]]:
     """Detect what `path` is and open it as one or more named sources."""
     path = os.fspath(path)
+    if not os.path.exists(path) and glob.has_magic(path):
+        return _open_glob(path, transform, label_filter, image_root, label_format)
     if os.path.isfile(path):
         if os.path.basename(path) == "data.mdb":
             return [(os.path.dirname(path), LmdbDataset(path, transform, label_filter))]
+        if is_tfrecord(path):
+            from .fsns import FsnsDataset  # fsns builds on this module
+
+            return [(path, FsnsDataset(path, transform, label_filter))]
         return [(path, LabelFileDataset(path, transform, label_filter, label_format, image_root))]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
@@ -538,17 +590,40 @@ def _open_sources(path: str | os.PathLike, transform: Callable | None, label_fil
     if lmdb_dirs:
         return [(os.path.join(path, os.path.relpath(d, path)), LmdbDataset(d, transform, label_filter))
                 for d in lmdb_dirs]
+    from .fsns import FsnsDataset, shards_in
+
+    shards = shards_in(path)
+    if shards:
+        return [(path, FsnsDataset(shards, transform, label_filter, source=path))]
     raise ValueError(f"{path}: not a dataset (no data.mdb, no {'/'.join(LABEL_FILE_NAMES)}, "
-                     "and no LMDB directory below it)")
+                     "no LMDB directory below it, and no TFRecord shard in it)")
+
+
+def _open_glob(pattern: str, transform: Callable | None, label_filter: LabelFilter,
+               image_root: str | os.PathLike | None, label_format: str | None) -> list[tuple[str, TextImageDataset]]:
+    """A glob: TFRecord shards that all match make one source (FSNS's `test/test-*`); anything else is
+    opened path by path."""
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+        raise FileNotFoundError(f"{pattern}: no file matches")
+    if all(os.path.isfile(m) and is_tfrecord(m) for m in matches):
+        from .fsns import FsnsDataset
+
+        return [(pattern, FsnsDataset(matches, transform, label_filter, source=pattern))]
+    sources = []
+    for match in matches:
+        sources.extend(_open_sources(match, transform, label_filter, image_root, label_format))
+    return sources
 
 
 def open_dataset(path: str | os.PathLike, transform: Callable | None = None,
                  charset: str | Sequence[str] | None = None, max_length: int | None = None,
                  normalize: bool = True, remove_whitespace: bool = False,
                  image_root: str | os.PathLike | None = None, label_format: str | None = None):
-    """Open one path: an LMDB directory, a tree of LMDBs, a folder with labels.tsv, or a label file
-    (labels.tsv, MASTER-pytorch txt or JSON lines). A tree gives a MultiSourceDataset, anything else a
-    single TextImageDataset. Defaults keep raw labels of any length (for inspection and evaluation)."""
+    """Open one path: an LMDB directory, a tree of LMDBs, a folder with labels.tsv, a label file
+    (labels.tsv, MASTER-pytorch txt or JSON lines), or FSNS TFRecords (a shard, a folder or a glob of shards).
+    A tree gives a MultiSourceDataset, anything else a single TextImageDataset. Defaults keep raw labels of
+    any length (for inspection and evaluation)."""
     label_filter = LabelFilter(charset, max_length, normalize, remove_whitespace)
     sources = _open_sources(path, transform, label_filter, image_root, label_format)
     if len(sources) == 1 and os.path.normpath(sources[0][0]) == os.path.normpath(os.fspath(path)):

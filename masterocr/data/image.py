@@ -7,6 +7,7 @@ out as (C, H, W) float32 arrays (or tensors) normalised to [-1, 1].
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -19,26 +20,70 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]  # or a binary file object (.read())
 
 # Refuse decompression bombs early with a clear error instead of exhausting memory.
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ACCEPTED = "a path (str or pathlib.Path), encoded image bytes, a binary file object, a PIL image or a NumPy array"
 
 
 class ImageError(ValueError):
-    """An image that cannot be decoded; the message names the input."""
+    """An image that cannot be decoded; the message names the input and `reason` says why in a few words
+    (what summaries count: "no such file", "not an image file", ...)."""
+
+    def __init__(self, message: str, reason: str = "cannot decode"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the reason through pickling (DataLoader workers)
+        return type(self), (str(self), self.reason)
 
 
 def _describe(source: ImageSource) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    if isinstance(source, bytes):
+        return os.fsdecode(source) or "''"
+    if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
     if isinstance(source, np.ndarray):
         return f"<array {source.shape} {source.dtype}>"
-    return f"<{type(source).__name__}>"
+    name = getattr(source, "name", None)
+    if isinstance(name, (str, bytes)) and hasattr(source, "read"):
+        return os.fsdecode(name)
+    return f"<{type(source).__module__}.{type(source).__name__}>".replace("<builtins.", "<")
 
+
+def _read_path(path: str | os.PathLike, name: str) -> bytes:
+    """The bytes of an image file; ImageError saying what the path is when it is not a readable file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a directory, not an image file", "not a file") from None
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(f"{name}: dangling symbolic link (to {os.readlink(path)!r}, which does not exist)",
+                             "dangling link") from None
+        raise ImageError(f"{name}: no such file", "no such file") from None
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied", "permission denied") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError(f"{name}: symbolic link loop", "symlink loop") from None
+        raise ImageError(f"{name}: cannot read ({e.strerror or e})", "cannot read") from None
+
+
+def _unsupported(source: object) -> ImageError:
+    kind = f"{type(source).__module__}.{type(source).__qualname__}".replace("builtins.", "")
+    hint = ""
+    if kind.startswith("torch."):
+        hint = ("; for an image tensor pass tensor.numpy() as an (H, W[, C]) array, or hand a preprocessed "
+                "(B, C, H, W) batch to Recognizer.predict")
+    elif source is None:
+        kind = "None"
+    elif isinstance(source, (list, tuple)):
+        hint = "; a list of images goes to read() itself, not inside another list"
+    return ImageError(f"<{kind}>: not an image input (expected {ACCEPTED}){hint}", "unsupported input")
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB. Transparency is composited on white; 16/32-bit grey is rescaled to 8 bits."""
@@ -59,26 +104,52 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:
-    """HxW or HxWxC (C in 1, 3, 4) uint8/float array -> PIL. Floats in [0, 1] are scaled to [0, 255]."""
+    """HxW or HxWxC (C in 1, 3, 4) array -> PIL. uint8 is taken as it is; other integer types must hold
+    0..255 (uint16 is scaled down); floats must be finite, in [0, 1] (scaled to 255) or [0, 255]. Anything
+    else is refused (ImageError) rather than clipped into a wrong picture."""
+    name = _describe(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise ImageError(f"array of shape {arr.shape} is not an HxW or HxWx3/4 image")
-    if arr.dtype != np.uint8:
+        hint = (" (channels first? pass arr.transpose(1, 2, 0))"
+                if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] > 4 else "")
+        raise ImageError(f"{name}: shape {arr.shape} is not an HxW or HxWx1/3/4 image{hint}", "bad array")
+    if arr.size == 0:
+        raise ImageError(f"{name}: image has zero size", "zero size")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = (arr.astype(np.float64) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.uint8:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ImageError(f"{name}: integer values must lie in 0..255, these span {lo}..{hi}", "bad array")
+        arr = arr.astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
         arr = np.asarray(arr, dtype=np.float64)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(arr, 0, 255).round().astype(np.uint8)
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{name}: holds {int((~np.isfinite(arr)).sum())} NaN or infinite values",
+                             "bad array")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 255.0:
+            raise ImageError(f"{name}: float values must lie in [0, 1] or [0, 255], these span "
+                             f"[{lo:g}, {hi:g}]", "bad array")
+        arr = np.round(arr * 255.0 if hi <= 1.0 else arr).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ImageError(f"{name}: dtype {arr.dtype} is not an image type (use uint8, or floats in [0, 1])",
+                         "bad array")
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def load_image(source: ImageSource, grayscale: bool = False) -> Image.Image:
-    """Decode an image from a path, bytes, PIL image or array into RGB (or L when `grayscale`).
+def load_image(source: ImageSource, grayscale: bool = False, name: str | None = None) -> Image.Image:
+    """Decode an image from a path, bytes, a binary file object, a PIL image or an array into RGB (or L when
+    `grayscale`).
 
-    Applies EXIF orientation. Raises ImageError naming the input when it is missing, empty, truncated,
-    not an image, or larger than MAX_PIXELS.
+    Applies EXIF orientation. Raises ImageError naming the input (`name`, e.g. the dataset sample the bytes
+    came from, else a description of `source`) when it is missing, not a regular file, empty, truncated,
+    not an image, or larger than MAX_PIXELS; or when `source` is of a type that holds no image.
     """
-    name = _describe(source)
+    name = name or _describe(source)
     try:
         if isinstance(source, Image.Image):
             img = source
@@ -86,34 +157,48 @@ def load_image(source: ImageSource, grayscale: bool = False) -> Image.Image:
             img = _array_to_image(source)
         else:
             if isinstance(source, (str, os.PathLike)):
-                if not os.path.isfile(source):
-                    raise ImageError(f"{name}: no such file")
-                with open(source, "rb") as f:
-                    data = f.read()
+                data = _read_path(source, name)
+            elif isinstance(source, (bytes, bytearray, memoryview)):
+                data = bytes(source)
+            elif hasattr(source, "read"):
+                data = source.read()
+                if not isinstance(data, (bytes, bytearray)):
+                    raise ImageError(f"{name}: file object gives {type(data).__name__}, not bytes "
+                                     "(open it in binary mode, 'rb')", "unsupported input")
             else:
-                data = source
+                raise _unsupported(source)
             if not data:
-                raise ImageError(f"{name}: empty file")
+                raise ImageError(f"{name}: empty file", "empty file")
             with warnings.catch_warnings():  # PIL only warns between 1x and 2x MAX_PIXELS; we refuse below
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:  # checked from the header, before decoding
                 raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels, "
-                                 f"limit {MAX_PIXELS})")
+                                 f"limit {MAX_PIXELS})", "too large")
             img.load()  # decode now so truncation is caught here, not later
         img = ImageOps.exif_transpose(img) or img
         if img.width < 1 or img.height < 1:
-            raise ImageError(f"{name}: image has zero size")
+            raise ImageError(f"{name}: image has zero size", "zero size")
         img = _to_rgb(img)
         return img.convert("L") if grayscale else img
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file (unknown format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: image too large ({e})") from None
+        raise ImageError(f"{name}: not an image file (unknown format)", "not an image file") from None
+    except Image.DecompressionBombError:  # more than twice the limit: PIL refuses before we see the size
+        raise ImageError(f"{name}: image too large (more than {MAX_PIXELS} pixels, the limit)",
+                         "too large") from None
     except Exception as e:  # PIL raises many types for bad files; name the input and move on
-        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})", "cannot decode") from None
+
+
+def content_width(image_size: tuple[int, int], height: int, width: int, keep_aspect: bool) -> int:
+    """Columns of the (height, width) model input that `resize` fills with an image of (w, h) `image_size`:
+    all of them when stretching; with keep_aspect the scaled width (capped), the rest being padding."""
+    if not keep_aspect:
+        return width
+    w0, h0 = image_size
+    return max(1, min(width, round(w0 * height / h0)))
 
 
 PADS = ("zero", "edge")
@@ -143,7 +228,7 @@ def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
         return img.resize((width, height), Image.BICUBIC)
     if pad not in PADS:
         raise ValueError(f"pad {pad!r}: choose one of {PADS}")
-    new_w = max(1, min(width, round(img.width * height / img.height)))
+    new_w = content_width(img.size, height, width, keep_aspect)
     scaled = img.resize((new_w, height), Image.BICUBIC)
     canvas_w = canvas_width(img.width, img.height, height, width, width_step)
     if new_w == canvas_w:
@@ -198,18 +283,19 @@ class ImageTransform:
     def channels(self) -> int:
         return 1 if self.grayscale else 3
 
-    def array(self, source: ImageSource) -> np.ndarray:
-        """One image -> (C, H, W) float32 array (the torch-free form; `__call__` wraps it as a tensor)."""
-        img = load_image(source, grayscale=self.grayscale)
+    def array(self, source: ImageSource, name: str | None = None) -> np.ndarray:
+        """One image -> (C, H, W) float32 array (the torch-free form; `__call__` wraps it as a tensor).
+        `name` is what an error calls the image (e.g. the dataset sample its bytes came from)."""
+        img = load_image(source, grayscale=self.grayscale, name=name)
         if self.augment is not None:
             img = self.augment(img)
         img = resize(img, self.height, self.width, self.keep_aspect, pad=self.pad, width_step=self.width_step)
         return to_array(img, self.mean, self.std)
 
-    def __call__(self, source: ImageSource) -> "torch.Tensor":
+    def __call__(self, source: ImageSource, name: str | None = None) -> "torch.Tensor":
         import torch
 
-        return torch.from_numpy(self.array(source))
+        return torch.from_numpy(self.array(source, name))
 
     def collate(self, arrays: list[np.ndarray]) -> np.ndarray:
         """(C, H, W_i) arrays -> one (B, C, H, max W_i) float32 batch, narrower images padded on the right as

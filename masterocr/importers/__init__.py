@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -18,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # Importing this module stays cheap (the CLI lists the kinds): torch and weights load on first use.
 IMPORTERS: dict[str, str] = {
     "easyocr-g2": "masterocr.importers.easyocr:import_english_g2",
+    "strhub": "masterocr.importers.strhub:import_strhub",
 }
 
 
@@ -38,21 +38,9 @@ def importer_names() -> list[str]:
 def load_untrusted(path: str | os.PathLike) -> Any:
     """torch.load a foreign checkpoint with weights_only=True: tensors and plain containers come out, and
     a pickle that would construct a class or call a function is refused with a message naming the file."""
-    import torch
+    from masterocr.weights import load_torch_file
 
-    from masterocr.weights import WeightsError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError (unsafe payload), RuntimeError/EOFError (broken or not torch)
-        if type(e).__name__ == "UnpicklingError":
-            raise WeightsError(f"{path}: refused: the file holds pickled code or objects other than tensors "
-                               f"and plain containers, which masterocr never executes ({e})") from None
-        raise WeightsError(f"{path}: cannot load as a weights-only torch checkpoint "
-                           f"({type(e).__name__}: {e})") from None
+    return load_torch_file(path)
 
 
 def run_importer(kind: str, path: str | os.PathLike, **options: Any) -> Imported:

@@ -16,6 +16,8 @@ MODELS: dict[str, str] = {
     "crnn": "masterocr.models.crnn:build_crnn",
     "trba": "masterocr.models.trba:build_trba",
     "seq2seq": "masterocr.models.seq2seq:build_seq2seq",
+    "parseq": "masterocr.models.parseq:build_parseq",
+    "vitstr": "masterocr.models.vitstr:build_vitstr",
 }
 
 
@@ -32,7 +34,12 @@ def build_model(model_cfg: Mapping[str, Any] | Any) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; choose one of {model_names()}")
     module_name, func_name = MODELS[name].split(":")
-    return getattr(importlib.import_module(module_name), func_name)(model_cfg)
+    builder = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return builder(model_cfg)
+    except (ValueError, TypeError, RuntimeError, AssertionError, ZeroDivisionError) as e:  # sizes that do not fit
+        raise ValueError(f"model config ({name}): cannot build the model from it: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
 __all__ = ["MODELS", "build_model", "model_names"]

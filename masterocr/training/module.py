@@ -27,8 +27,9 @@ from torch import nn
 
 from masterocr.charset import BUILTIN_CHARSETS, get_protocol
 from masterocr.evaluation import Metrics, apply_protocol
+from masterocr.training.callbacks import TrainingDiverged
 from masterocr.training.objectives import build_objective
-from masterocr.training.optim import EMA, build_optimizer, build_scheduler, scaled_lr
+from masterocr.training.optim import EMA, build_optimizer, build_scheduler, effective_warmup, scaled_lr
 from masterocr.weights import CKPT_CONFIG_KEY, CKPT_EMA_KEY
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,16 @@ def charset_protocol(charset: str) -> str:
     if set(charset) <= set(BUILTIN_CHARSETS["94"]):
         return "94"
     return "raw"
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS when it is set to a positive number: the user's thread count, honoured by
+    train.num_threads=auto (under DDP on CPU Lightning sets it to cores / processes itself)."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def cpu_threads(num_workers: int, processes_per_node: int) -> int:
@@ -143,10 +154,15 @@ class RecognitionModule(LightningModule):
         if isinstance(self.trainer.accelerator, CPUAccelerator):
             workers = self.trainer.datamodule._loader_kwargs()["num_workers"] if self.trainer.datamodule else 0
             threads = self.train_cfg.get("num_threads", "auto")
-            threads = cpu_threads(workers, self.trainer.num_devices) if threads in (None, "auto") else int(threads)
-            torch.set_num_threads(threads)
+            source = "train.num_threads"
+            if threads in (None, "auto"):
+                threads, source = omp_threads(), "OMP_NUM_THREADS"
+                if threads is None:
+                    threads, source = cpu_threads(workers, self.trainer.num_devices), "cores"
+            torch.set_num_threads(int(threads))
             if self.global_rank == 0:
-                logger.info("CPU: %d compute thread(s) per process, %d loader worker(s)", threads, workers)
+                logger.info("CPU: %d compute thread(s) per process (from %s), %d loader worker(s)", int(threads),
+                            source, workers)
         if self.channels_last:  # before the strategy wraps the model in DDP, whose buckets follow param strides
             self.model.to(memory_format=torch.channels_last)
 
@@ -169,6 +185,12 @@ class RecognitionModule(LightningModule):
             logger.warning("training batch %d held no readable image; skipped", batch_idx)
             return self._empty_batch_loss() if self.trainer.world_size > 1 else None
         loss, parts = self.compute_loss(images, labels)
+        diverged = not bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.world_size > 1:  # every rank stops together, or the others would hang in all-reduce
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:
+            raise TrainingDiverged(f"step {self.global_step + 1}: the loss is {float(loss.detach().float()):g} "
+                                   "(not finite); the run stopped before it could reach the weights")
         bs = len(labels)
         self.log("loss", loss.detach(), prog_bar=True, batch_size=bs)
         for name, value in parts.items():
@@ -180,6 +202,16 @@ class RecognitionModule(LightningModule):
         """A zero loss that reaches every trainable parameter. Under DDP each rank must run backward so the
         gradient all-reduce sees every parameter; a rank that skipped its step would hang the others."""
         return sum((p.sum() for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device)) * 0.0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Non-finite gradients would turn the weights into NaN (clipping multiplies inf by 0). A GradScaler
+        # (fp16 training) skips such steps itself and lowers its scale, so it is left to do that.
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True))):
+            raise TrainingDiverged(f"step {self.global_step + 1}: the gradients are not finite; the run stopped "
+                                   "before they could reach the weights")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None and self.global_step != self._ema_step:  # once per optimiser step
@@ -208,8 +240,14 @@ class RecognitionModule(LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         warmup = t.get("warmup", 0.05)
         warmup_steps = int(warmup * total) if isinstance(warmup, float) and warmup < 1 else int(warmup)
-        scheduler = build_scheduler(optimizer, str(t.get("schedule", "onecycle")), total, warmup_steps,
-                                    float(t.get("min_lr_ratio", 0.01)))
+        schedule = str(t.get("schedule", "onecycle"))
+        effective = effective_warmup(schedule, total, warmup_steps)
+        if effective < warmup_steps and self.global_rank == 0:
+            logger.warning("train.warmup=%s is %d steps, longer than %s of this %d-step run: warm-up cut to %d "
+                           "steps", warmup, warmup_steps, "half" if schedule == "onecycle" else "all", total,
+                           effective)
+        warmup_steps = effective
+        scheduler = build_scheduler(optimizer, schedule, total, warmup_steps, float(t.get("min_lr_ratio", 0.01)))
         if self.global_rank == 0:
             logger.info("optimiser %s: peak lr %.3g (train.lr %.3g at batch %s, global batch %d, %s scaling), "
                         "%s schedule over %d steps, %d warm-up", t.get("optimizer", "adamw"), lr,

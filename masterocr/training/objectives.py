@@ -52,12 +52,16 @@ class AuxCTC(nn.Module):
         self.tokenizer = CTCTokenizer(model.tokenizer.charset, model.tokenizer.max_length)
         d_model = getattr(model, "memory_dim", None)  # models whose memory width is not their embedding's say so
         if d_model is None:
-            d_model = model.embed.embedding_dim if hasattr(model, "embed") else model.config.d_model
+            d_model = model.embed.embedding_dim if hasattr(model, "embed") else getattr(
+                model.config, "d_model", getattr(model.config, "embed_dim", 0))
         d_model = int(d_model)
         self.head = nn.Linear(d_model, self.tokenizer.num_classes)
 
     def forward(self, model: nn.Module, memory: torch.Tensor, images: torch.Tensor, labels: list[str]) -> torch.Tensor:
         hf, wf = model.feature_size(images.shape[2], images.shape[3])
+        if memory.shape[1] != hf * wf:  # e.g. ViTSTR's memory starts with a class token
+            raise ValueError(f"{type(model).__name__}: train.aux_ctc_weight needs a memory of {hf} x {wf} feature "
+                             f"map tokens, got {memory.shape[1]} tokens")
         pooled = memory.reshape(memory.shape[0], hf, wf, memory.shape[2]).mean(1)  # (B, Wf, D)
         return ctc_loss(self.head(pooled), labels, self.tokenizer)
 
@@ -111,6 +115,7 @@ class CTCObjective(Objective):
 OBJECTIVES: dict[str, type[Objective] | str] = {
     "teacher_forcing": TeacherForcing,
     "ctc": CTCObjective,
+    "plm": "masterocr.training.plm:PermutationLM",
 }
 
 

@@ -66,6 +66,14 @@ def warmup_constant(step: int, warmup_steps: int) -> float:
     return (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
 
+def effective_warmup(schedule: str, total_steps: int, warmup_steps: int) -> int:
+    """The warm-up steps a schedule really runs: at most the run's length (half of it for onecycle, whose
+    peak cannot come later)."""
+    total_steps = max(1, int(total_steps))
+    cap = total_steps // 2 if schedule == "onecycle" else total_steps
+    return max(1, min(int(warmup_steps), max(1, cap)))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int,
                     min_lr_ratio: float = 0.01) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-optimiser-step schedule. All state is plain numbers, so checkpoints load with weights_only=True.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -52,6 +53,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "gradient_clip": 5.0,             # max gradient norm; 0 or null: off
     "label_smoothing": 0.0,
     "aux_ctc_weight": 0.0,            # > 0: joint CTC-attention training on the encoder memory
+    "plm_permutations": 6,            # PARSeq: factorisation orders per batch (canonical first, mirrored pairs)
     "ema": False,
     "ema_decay": 0.9999,
     "init_weights": None,             # weights to start from (what --finetune sets)
@@ -102,14 +104,14 @@ def with_defaults(cfg: DictConfig | Mapping) -> DictConfig:
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The resolved run config stored in a training checkpoint (weights_only load, memory-mapped)."""
-    from masterocr.weights import CKPT_CONFIG_KEY, WeightsError
+    from masterocr.weights import CKPT_CONFIG_KEY, WeightsError, load_torch_file
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint") from None
-    except Exception as e:
-        raise WeightsError(f"--resume {path}: cannot load as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+        ckpt = load_torch_file(path, mmap=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--resume {e}") from None
+    except WeightsError as e:
+        raise WeightsError(f"--resume {e}") from None
     cfg = ckpt.get(CKPT_CONFIG_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict):
         raise ValueError(f"--resume {path}: not a masterocr training checkpoint (no config inside)")
@@ -123,7 +125,9 @@ def resolve_run_config(config: str | None, overrides: Sequence[str] = (), resume
         if config:
             logger.warning("--resume: using the config saved in %s; --config %s is ignored (overrides apply)",
                            resume, config)
-        cfg = apply_overrides(OmegaConf.create(read_checkpoint_config(resume)), overrides)
+        saved = read_checkpoint_config(resume)
+        cfg = apply_overrides(OmegaConf.create(saved), overrides)
+        _check_resumable(resume, saved, to_dict(cfg))
     else:
         if not config:
             raise ValueError("--config is required (a config name such as master-small, or a YAML file)")
@@ -133,6 +137,65 @@ def resolve_run_config(config: str | None, overrides: Sequence[str] = (), resume
         cfg.train.init_weights = str(finetune)
     if cfg.train.init_weights and not resume:
         cfg.model = finetune_model_config(cfg.model, cfg.train.init_weights)
+    return cfg
+
+
+def _check_resumable(resume: str, saved: Mapping, new: Mapping) -> None:
+    """ValueError for overrides a resumed run cannot honour: another model (the checkpoint's weights and
+    optimiser state are for its own), or a longer onecycle schedule (its total is fixed when it starts)."""
+    old_model, new_model = saved.get("model") or {}, new.get("model") or {}
+    changed = sorted(k for k in set(old_model) | set(new_model) if old_model.get(k) != new_model.get(k))
+    if changed:
+        raise ValueError(f"--resume {resume}: the model cannot change when a run continues "
+                         f"({', '.join('model.' + k for k in changed)}): the checkpoint's weights and optimiser "
+                         f"state are for its own model. Start a new run from its weights instead: "
+                         f"--finetune {resume} with the new model settings")
+    old_t, new_t = saved.get("train") or {}, new.get("train") or {}
+    if str(new_t.get("schedule", "onecycle")) == "onecycle" and old_t.get("max_steps") != new_t.get("max_steps"):
+        raise ValueError(f"--resume {resume}: train.max_steps cannot change under the onecycle schedule (its "
+                         f"length is fixed when the run starts); --finetune {resume} starts a new schedule")
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimiser step a training checkpoint was saved at."""
+    from masterocr.weights import load_torch_file
+
+    ckpt = load_torch_file(path, mmap=True)
+    return int(ckpt.get("global_step", 0)) if isinstance(ckpt, dict) else 0
+
+
+def absolute_paths(cfg: DictConfig, base: str | os.PathLike | None = None) -> DictConfig:
+    """Relative paths of the config that name existing files or folders (data sources, synthetic renderer
+    configs and fonts, a charset file, init_weights) made absolute against `base` (default: the current
+    directory, where they are opened), so the config saved with a run means the same from anywhere."""
+    base = Path(base or os.getcwd())
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value) and (base / value).exists():
+            return str((base / value).resolve())
+        return value
+
+    def fix_list(value: Any) -> Any:
+        return [fix(v) for v in value] if OmegaConf.is_list(value) or isinstance(value, list) else fix(value)
+
+    for section in ("train", "val"):
+        sources = cfg.data.get(section) or []
+        for i, source in enumerate(sources):
+            if isinstance(source, str):
+                sources[i] = fix(source)
+                continue
+            if source.get("path") is not None:
+                source.path = fix_list(source.path)
+            synthetic = source.get("synthetic")
+            if OmegaConf.is_dict(synthetic):
+                if isinstance(synthetic.get("config"), str):
+                    synthetic.config = fix(synthetic.config)
+                if synthetic.get("fonts") is not None:
+                    synthetic.fonts = fix_list(synthetic.fonts)
+    if isinstance(cfg.model.get("charset"), str) and os.path.isfile(base / cfg.model.charset):
+        cfg.model.charset = fix(cfg.model.charset)
+    if isinstance(cfg.train.get("init_weights"), str):
+        cfg.train.init_weights = fix(cfg.train.init_weights)
     return cfg
 
 
@@ -160,12 +223,21 @@ def default_output(config: str | None, resume: str | None) -> Path:
     return Path("runs") / name
 
 
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
 # ---- devices -----------------------------------------------------------------------------------------------
 
 def resolve_devices(t: Mapping[str, Any]) -> dict[str, Any]:
     """Trainer device arguments from `train:`; "auto" precision is bf16-mixed on CPU and bf16 GPUs."""
     accelerator = str(t["accelerator"])
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if use_gpu and not torch.cuda.is_available():
+        raise ValueError(f"train.accelerator={accelerator}: "
+                         + ("this torch is built for CPU only" if torch.version.cuda is None
+                            else "no CUDA GPU is visible to this process")
+                         + f" (torch {torch.__version__}); use train.accelerator=cpu or auto")
     precision = str(t["precision"])
     if precision == "auto":
         precision = "bf16-mixed" if (not use_gpu or torch.cuda.is_bf16_supported()) else "16-mixed"
@@ -183,17 +255,45 @@ def resolve_devices(t: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- the run -----------------------------------------------------------------------------------------------
 
-def build_trainer(t: Mapping[str, Any], dev: Mapping[str, Any], output: str | os.PathLike, has_val: bool,
-                  callbacks: list) -> "pl.Trainer":
-    """The Lightning Trainer for `train:` settings `t` and resolved devices `dev` (also used by the benchmark)."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def quiet_lightning() -> None:
+    """Lightning's messages through the application's logging only: its own console handler printed every
+    INFO line a second time, and its advertisement and model-summary precision notes are dropped. Its level
+    follows the root logger's (so `--quiet` silences it)."""
+    import lightning  # noqa: F401  (adds its console handler on import)
 
-    from masterocr.training.callbacks import AtomicCheckpointIO, ProgressBar, ThroughputMonitor
+    level = logging.getLogger().getEffectiveLevel()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        own = logging.getLogger(name)
+        for handler in list(own.handlers):
+            own.removeHandler(handler)
+        own.propagate = True
+        own.setLevel(level)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in target.filters):
+            target.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def build_trainer(t: Mapping[str, Any], dev: Mapping[str, Any], output: str | os.PathLike, has_val: bool,
+                  callbacks: list, resume_step: int | None = None, progress: bool = True) -> "pl.Trainer":
+    """The Lightning Trainer for `train:` settings `t` and resolved devices `dev` (also used by the benchmark).
+    resume_step: the step a resumed run continues from (its csv/metrics.csv is continued, not replaced);
+    progress=False: no progress bar whatever train.progress_refresh says (--quiet)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from masterocr.training.callbacks import AtomicCheckpointIO, ContinuedCSVLogger, ProgressBar, ThroughputMonitor
 
     accumulate = int(t["accumulate_grad_batches"])
     refresh = t["progress_refresh"]
     refresh = (1 if sys.stderr.isatty() else 50) if refresh == "auto" else int(refresh)
+    refresh = refresh if progress else 0
     max_steps = int(t["max_steps"]) if t["max_steps"] else -1
     if max_steps < 0 and not t["max_epochs"]:
         raise ValueError("set train.max_steps or train.max_epochs")
@@ -208,7 +308,8 @@ def build_trainer(t: Mapping[str, Any], dev: Mapping[str, Any], output: str | os
         log_every_n_steps=int(t["log_every_steps"]),
         callbacks=list(callbacks) + [ThroughputMonitor()] + ([ProgressBar(refresh_rate=refresh)] if refresh > 0 else []),
         enable_progress_bar=refresh > 0,
-        logger=[TensorBoardLogger(output, name="tensorboard", version=""), CSVLogger(output, name="csv", version="")],
+        logger=[TensorBoardLogger(output, name="tensorboard", version=""),
+                ContinuedCSVLogger(output, name="csv", version="", resume_step=resume_step)],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # RecognitionData shards by rank itself
         default_root_dir=output, deterministic=bool(t["deterministic"]), benchmark=dev["accelerator"] == "gpu",
@@ -217,21 +318,42 @@ def build_trainer(t: Mapping[str, Any], dev: Mapping[str, Any], output: str | os
     )
 
 
-def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None) -> dict[str, Any]:
-    """Train per `cfg` into `output`; returns a summary (steps, best score, files)."""
+def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train per `cfg` into `output`; returns a summary (steps, best score, files).
+
+    SIGINT/SIGTERM end the run after the running step with last.ckpt written (summary "interrupted",
+    "signal", "exit_code" 130/143). A resumed run whose checkpoint already reached train.max_steps trains
+    nothing (summary "already_finished"). A loss, gradient or weight that turns NaN/inf raises
+    TrainingDiverged before anything non-finite is written (the last checkpoint stays the last good one).
+    """
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from masterocr.models import build_model
-    from masterocr.training.callbacks import RunCheckpoints
+    from masterocr.training.callbacks import RunCheckpoints, StopOnSignal, TrainingDiverged, TrainingStopped
     from masterocr.training.data import RecognitionData
     from masterocr.training.module import VAL_METRIC, RecognitionModule, describe_parameters
     from masterocr.weights import load_for_finetune, save_weights
 
+    quiet_lightning()
     output = Path(output)
     ckpt_dir = output / "checkpoints"
     if not resume and (ckpt_dir / "last.ckpt").exists():
         raise ValueError(f"{output} already holds a run ({ckpt_dir / 'last.ckpt'}); continue it with "
                          f"--resume {ckpt_dir / 'last.ckpt'} or choose another --output")
+    resume_step = checkpoint_step(resume) if resume else None
+    max_steps = int(cfg.train.max_steps) if cfg.train.max_steps else 0
+    if resume and max_steps and resume_step >= max_steps:
+        further = (f"--finetune {resume} starts a new run from its weights (a onecycle schedule cannot be "
+                   "stretched)" if str(cfg.train.schedule) == "onecycle" else
+                   f"raise train.max_steps, e.g. --resume {resume} train.max_steps={max_steps + max(1, max_steps // 2)}")
+        return {"output": str(output), "global_step": resume_step, "is_global_zero": True, "interrupted": False,
+                "already_finished": True, "last": str(resume),
+                "message": f"{resume} is a finished run (step {resume_step} of train.max_steps={max_steps}): "
+                           f"nothing to train. To train further, {further}"}
+    if not resume:  # the saved config must mean the same from any directory --resume is run in
+        absolute_paths(cfg)
     dev = resolve_devices(cfg.train)
     cfg.train.channels_last = dev["channels_last"]
     cfg.train.precision = dev["precision"]
@@ -253,24 +375,49 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None)
         logger.info("initialised from %s: %d characters shared, %d new", t.init_weights, stats["shared_chars"],
                     stats["new_chars"])
     data = RecognitionData(config, model.tokenizer, model.img_size, model.in_channels)
-    data.setup("fit")
+    try:
+        data.setup("fit")
+    except FileNotFoundError as e:
+        if not resume:
+            raise
+        raise FileNotFoundError(f"{e} (a relative path in the run's config is read from the current directory "
+                                f"{os.getcwd()}: resume from the directory the run was started in, or override "
+                                "the path, e.g. data.train.0.path=/abs/path)") from None
     module = RecognitionModule(model, config, val_names=data.val_names)
     logger.info("model %s: %s", cfg.model.name, describe_parameters(model))
 
     has_val = bool(data.val_sets)
     checkpoints = RunCheckpoints(ckpt_dir, int(t.checkpoint_every_steps), VAL_METRIC if has_val else None)
-    trainer = build_trainer(t, dev, output, has_val, [checkpoints])
+    stop = StopOnSignal(checkpoints)
+    trainer = build_trainer(t, dev, output, has_val, [checkpoints, stop], resume_step=resume_step,
+                            progress=progress)
     if trainer.is_global_zero:
         output.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(config), output / "config.yaml")
         logger.info("run folder %s", output)
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    summary: dict[str, Any] = {"output": str(output)}
+    stop.install()  # from here on a signal is ours to handle, also during set-up and the sanity check
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    except TrainingStopped as e:
+        summary.update(signal=signal_name(e.signum), exit_code=e.exit_code, stopped_checkpoint=e.checkpoint)
+    except SIGTERMException:  # Lightning's own SIGTERM notice (e.g. under DDP, relayed from another rank)
+        summary.update(signal="SIGTERM", exit_code=128 + signal.SIGTERM, stopped_checkpoint=None)
+    except TrainingDiverged as e:
+        last = checkpoints.last_path if os.path.exists(checkpoints.last_path) else None
+        kept = (f"{last} (step {checkpoint_step(last)}) is the last good checkpoint" if last
+                else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"{e}. Nothing non-finite was written: {kept}. Usual causes: a learning rate too "
+                               f"high (train.lr={t.lr}), broken labels or images, fp16 overflow; start again with "
+                               f"a lower train.lr (or --finetune the last good checkpoint with one)") from None
+    finally:
+        stop.restore()
 
-    summary: dict[str, Any] = {"output": str(output), "global_step": trainer.global_step,
-                               "world_size": trainer.world_size, "is_global_zero": trainer.is_global_zero,
-                               "interrupted": trainer.interrupted, "best_score": checkpoints.best_score,
-                               "best_step": checkpoints.best_step, "last": checkpoints.last_path}
-    if trainer.is_global_zero and not trainer.interrupted:
+    summary.update({"global_step": trainer.global_step, "world_size": trainer.world_size,
+                    "is_global_zero": trainer.is_global_zero,
+                    "interrupted": trainer.interrupted or "signal" in summary, "best_score": checkpoints.best_score,
+                    "best_step": checkpoints.best_step, "last": checkpoints.last_path})
+    if trainer.is_global_zero and not summary["interrupted"]:
         # The resize mode is part of how the model must be fed: store it with the weights.
         keep_aspect = bool(cfg.data.keep_aspect)
         extra = {"global_step": trainer.global_step, "best_val_acc": checkpoints.best_score,

@@ -8,6 +8,7 @@ append one new self-attention position per step, instead of recomputing whole se
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -83,3 +84,26 @@ class MultiHeadAttention(nn.Module):
         """Plain attention: query (B, Tq, D) over key_value (B, Tk, D) -> (B, Tq, D), weights or None."""
         key, value = self.project_kv(key_value)
         return self.attend(query, key, value, mask, need_weights)
+
+
+class KVCache(NamedTuple):
+    """Decoder state for incremental decoding, one tensor per decoder layer.
+
+    self_k/self_v (B, h, L, D/h): self-attention keys/values, position t written at step t (L = max steps).
+    memory_k/memory_v (B, h, N, D/h): cross-attention keys/values of the image memory, projected once.
+    """
+
+    self_k: list[torch.Tensor]
+    self_v: list[torch.Tensor]
+    memory_k: list[torch.Tensor]
+    memory_v: list[torch.Tensor]
+
+    def reorder(self, index: torch.Tensor, memory: bool = True) -> "KVCache":
+        """Select/reorder batch rows (beam search): tensor -> tensor[index]. memory=False keeps the memory
+        K/V as they are, which is right when rows only move among beams of the same image."""
+        self_k = [t.index_select(0, index) for t in self.self_k]
+        self_v = [t.index_select(0, index) for t in self.self_v]
+        if not memory:
+            return KVCache(self_k, self_v, self.memory_k, self.memory_v)
+        return KVCache(self_k, self_v, [t.index_select(0, index) for t in self.memory_k],
+                       [t.index_select(0, index) for t in self.memory_v])

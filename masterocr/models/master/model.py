@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ...charset import AttentionTokenizer
-from ..layers import DecoderLayer, EncoderLayer, PositionalEncoding, ResNet31, causal_mask, step_mask
+from ..layers import DecoderLayer, EncoderLayer, KVCache, PositionalEncoding, ResNet31, causal_mask, step_mask
 from ..layers.transformer import LN_EPS
 
 MEMORY_POSITIONS = 4096  # longest flattened feature map the memory positional table covers
@@ -76,29 +76,6 @@ class MasterConfig:
         if len(cfg.img_size) != 2:
             raise ValueError(f"model.img_size={cfg.img_size!r} must be [height, width]")
         return cfg
-
-
-class KVCache(NamedTuple):
-    """Decoder state for incremental decoding, one tensor per decoder layer.
-
-    self_k/self_v (B, h, L, D/h): self-attention keys/values, position t written at step t (L = max steps).
-    memory_k/memory_v (B, h, N, D/h): cross-attention keys/values of the image memory, projected once.
-    """
-
-    self_k: list[torch.Tensor]
-    self_v: list[torch.Tensor]
-    memory_k: list[torch.Tensor]
-    memory_v: list[torch.Tensor]
-
-    def reorder(self, index: torch.Tensor, memory: bool = True) -> "KVCache":
-        """Select/reorder batch rows (beam search): tensor -> tensor[index]. memory=False keeps the memory
-        K/V as they are, which is right when rows only move among beams of the same image."""
-        self_k = [t.index_select(0, index) for t in self.self_k]
-        self_v = [t.index_select(0, index) for t in self.self_v]
-        if not memory:
-            return KVCache(self_k, self_v, self.memory_k, self.memory_v)
-        return KVCache(self_k, self_v, [t.index_select(0, index) for t in self.memory_k],
-                       [t.index_select(0, index) for t in self.memory_v])
 
 
 class Master(nn.Module):
