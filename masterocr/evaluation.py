@@ -600,7 +600,6 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     so similar shapes share a batch. An unreadable image is reported (log, default stderr), counted in
     `failed` and scored as an empty prediction: benchmark figures never silently exclude a sample.
     """
-    import torch
     from torch.utils.data import DataLoader
 
     from masterocr.recognizer import ROTATIONS  # torch: imported here so `masterocr metrics` needs none
@@ -656,7 +655,7 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
                        dynamic_ncols=True)
         for batch in loader:
             good = [(t, pos) for t, _, pos in batch if t is not None]
-            readings = rec.predict(torch.stack([t for t, _ in good]), need_attention=False) if good else []
+            readings = rec.predict(rec.collate([t for t, _ in good]), need_attention=False) if good else []
             by_pos = {pos: r for (_, pos), r in zip(good, readings)}
             for _, error, pos in batch:
                 index = keep[order[pos]]

@@ -81,8 +81,6 @@ def _attention_name(path: str, used: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from masterocr.data.image import ImageError, load_image
     from masterocr.recognizer import attention_figure, load
 
@@ -113,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             names.append(path)
         if not tensors:
             continue
-        results = rec.predict(torch.stack(tensors))  # (B, C, H, W) -> B readings
+        results = rec.predict(rec.collate(tensors))  # (B, C, H, W) -> B readings
         for path, img, r in zip(names, images, results):
             figure = None
             if out_dir is not None:
