@@ -353,17 +353,50 @@ class CTCTokenizer(_Tokenizer):
         lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
         return targets, lengths
 
-    def decode(self, probs: torch.Tensor | np.ndarray) -> list[Decoded]:
-        """Best-path decoding: probs (B, T, num_classes) (tensor or array) -> collapse repeats, drop blanks."""
-        probs = _float32(probs)
-        results = []
-        for row_ids, row_probs in zip(probs.argmax(-1).tolist(), probs.max(-1).tolist()):
-            chars, char_probs, prev = [], [], self.blank_id
+    def decode(self, probs: torch.Tensor) -> list[Decoded]:
+        """Best-path decoding of frame probabilities (B, T, num_classes): the arg-max class of every frame,
+        repeats collapsed, blanks dropped.
+
+        A character's probability is the highest probability any frame of its run gives it (a run: the
+        consecutive frames whose arg-max is that character). The confidence is the probability of the whole
+        text, P(text | image): the sum over every frame alignment that collapses to it (the CTC forward
+        algorithm, exp(-CTC loss)). That is the quantity an attention model's confidence (the product of its
+        tokens' probabilities, end token included) is for its own output; it is at least the best path's
+        probability, and for an empty reading it is the probability that every frame is blank.
+        """
+        probs = probs.float()
+        max_probs, ids = probs.max(-1)  # (B, T)
+        results, label_ids = [], []
+        for row_ids, row_probs in zip(ids.tolist(), max_probs.tolist()):
+            chars, char_ids, char_probs, prev = [], [], [], self.blank_id
             for i, p in zip(row_ids, row_probs):
-                if i != prev and i != self.blank_id:
+                if i != self.blank_id and i == prev:
+                    char_probs[-1] = max(char_probs[-1], p)  # the run goes on: keep its peak
+                elif i != self.blank_id:
                     chars.append(self.charset[i - 1])
+                    char_ids.append(i)
                     char_probs.append(p)
                 prev = i
-            conf = float(np.prod(np.asarray(row_probs, dtype=np.float32))) if row_probs else 0.0
-            results.append(Decoded("".join(chars), char_probs, conf))
+            results.append(Decoded("".join(chars), char_probs, 0.0))
+            label_ids.append(char_ids)
+        for result, p in zip(results, self.text_probability(probs, label_ids).tolist()):
+            result.confidence = p
         return results
+
+    def text_probability(self, probs: torch.Tensor, label_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """P(label | frames) for each row: probs (B, T, num_classes), one list of class ids per row -> (B,)."""
+        import torch
+        import torch.nn.functional as F
+
+        b, t = probs.shape[:2]
+        if b == 0:
+            return probs.new_zeros(0)
+        width = max([len(ids) for ids in label_ids] + [1])
+        targets = torch.zeros((b, width), dtype=torch.long)
+        for row, ids in enumerate(label_ids):
+            targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        lengths = torch.tensor([len(ids) for ids in label_ids], dtype=torch.long)
+        log_probs = probs.float().cpu().clamp_min(1e-30).log().transpose(0, 1)  # (T, B, C)
+        nll = F.ctc_loss(log_probs, targets, torch.full((b,), t, dtype=torch.long), lengths,
+                         blank=self.blank_id, reduction="none")  # (B,) -log P(label)
+        return torch.exp(-nll.double()).float().clamp(0.0, 1.0)

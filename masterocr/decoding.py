@@ -252,7 +252,8 @@ def decode_memory(model: nn.Module, memory: torch.Tensor, feature_size: tuple[in
 
 
 def _ctc(model: nn.Module, images: torch.Tensor) -> DecodeResult:
-    """Best-path CTC: frame softmax (B, T, C); token_ids are the frame arg-maxes (collapse in decoded())."""
+    """Best-path CTC: frame softmax (B, T, C); token_ids are the frame arg-maxes (collapse in decoded(), which
+    also gives each text's probability summed over its alignments); scores: the best path's log-probability."""
     probs = model(images).float().softmax(-1)  # (B, T, num_classes)
     return DecodeResult(probs.argmax(-1), probs, None, probs.max(-1).values.clamp_min(1e-30).log().sum(1))
 

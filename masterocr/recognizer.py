@@ -56,7 +56,8 @@ class Recognizer:
 
     def __init__(self, model: torch.nn.Module, model_cfg: dict | None = None, device: str | torch.device = "cpu",
                  decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
-                 batch_size: int = 32, precision: str = "fp32", refine_iters: int | None = None):
+                 batch_size: int = 32, precision: str = "fp32", refine_iters: int | None = None,
+                 pad: str = "zero", width_step: int = 0):
         from masterocr.decoding import check_decoding
 
         if decode_method not in DECODE_METHODS:
@@ -78,7 +79,7 @@ class Recognizer:
             keep_aspect = bool(self.model_cfg.get("keep_aspect", getattr(model, "keep_aspect", False)))
         height, width = (int(v) for v in model.img_size)
         self.transform = ImageTransform(height, width, keep_aspect=keep_aspect,
-                                        grayscale=int(model.in_channels) == 1)
+                                        grayscale=int(model.in_channels) == 1, pad=pad, width_step=width_step)
         self._lock = threading.Lock()
         self.device = torch.device("cpu")
         self.to(device)
@@ -105,7 +106,15 @@ class Recognizer:
         """This recognizer's image pipeline, optionally rotating each image first (robustness tests)."""
         t = self.transform
         return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
-                              augment=_Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std)
+                              augment=_Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
+                              pad=t.pad, width_step=t.width_step)
+
+    def collate(self, prepared: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`preprocess` outputs -> one (B, C, H, W) batch; images of different widths (a transform with
+        width_step) are padded to the widest as the transform pads."""
+        if len({t.shape[-1] for t in prepared}) <= 1:
+            return torch.stack(list(prepared))
+        return torch.from_numpy(self.transform.collate([t.numpy() for t in prepared]))
 
     def _autocast(self):
         dtype = _PRECISIONS[self.precision]
@@ -162,7 +171,7 @@ class Recognizer:
 
     def predict_batch(self, prepared: list[torch.Tensor], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
-        return self.predict(torch.stack(prepared), need_attention)  # (B, C, H, W)
+        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W)
 
     def __repr__(self) -> str:
         name = self.model_cfg.get("name", type(self.model).__name__)
@@ -186,11 +195,15 @@ def default_model_name() -> str:
     return names[0]
 
 
-def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
-    """The resize mode the weights were trained with, when their metadata records it.
+PREPROCESSING = ("keep_aspect", "pad", "width_step")  # how weights must be fed, kept in their metadata's extra
+
+
+def stored_preprocessing(name_or_path: str | os.PathLike) -> dict:
+    """How the weights' images must be prepared, when their metadata records it: {"keep_aspect": bool,
+    "pad": "zero" | "edge", "width_step": int}, any of them absent when unrecorded.
 
     The model config has no place for preprocessing, so it is read from the safetensors metadata's `extra`
-    ({"keep_aspect": bool}, or {"data": {"keep_aspect": bool}}); None when absent (then: stretch, MASTER's way).
+    (top level, or under "data"); {} for checkpoints and files without it (then: stretch, MASTER's way).
     """
     import json
 
@@ -198,19 +211,32 @@ def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
 
     path = resolve_weights_path(name_or_path)
     if path.suffix != ".safetensors":
-        return None
+        return {}
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             extra = json.loads((f.metadata() or {}).get("extra", "{}"))
     except Exception:  # unreadable metadata: load_model has already validated the file itself
-        return None
+        return {}
     if not isinstance(extra, dict):
-        return None
-    value = extra.get("keep_aspect", (extra.get("data") or {}).get("keep_aspect")
-                      if isinstance(extra.get("data"), dict) else None)
-    return bool(value) if value is not None else None
+        return {}
+    data = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+    found = {}
+    for key in PREPROCESSING:
+        value = extra.get(key, data.get(key))
+        if value is not None:
+            found[key] = value
+    if "keep_aspect" in found:
+        found["keep_aspect"] = bool(found["keep_aspect"])
+    if "width_step" in found:
+        found["width_step"] = int(found["width_step"])
+    return found
+
+
+def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
+    """The resize mode the weights were trained with, when their metadata records it (else None)."""
+    return stored_preprocessing(name_or_path).get("keep_aspect")
 
 
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -234,8 +260,10 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     model.eval()
     fold_batchnorm(model)
     model.to(memory_format=torch.channels_last)
+    stored = stored_preprocessing(name_or_path)
     if keep_aspect is None:
-        keep_aspect = stored_keep_aspect(name_or_path)
+        keep_aspect = stored.get("keep_aspect")
     return Recognizer(model, model_cfg, device=device, decode_method=decode_method, beam_width=beam_width,
                       keep_aspect=keep_aspect, batch_size=batch_size, precision=precision,
-                      refine_iters=refine_iters)
+                      refine_iters=refine_iters, pad=stored.get("pad", "zero"),
+                      width_step=stored.get("width_step", 0))

@@ -94,7 +94,7 @@ def test_export_writes_checked_graphs_with_metadata(export_dir, tiny_weights):
     assert meta["model_name"] == "tiny" and meta["family"] == "master" and meta["decoding"] == "autoregressive"
     assert meta["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" and meta["max_label_length"] == 8
     assert meta["img_size"] == [32, 64] and meta["keep_aspect"] is False and meta["in_channels"] == 3
-    assert (meta["mean"], meta["std"]) == (0.5, 0.5)
+    assert (meta["mean"], meta["std"], meta["pad"], meta["width_step"]) == (0.5, 0.5, "zero", 0)
     assert meta["max_steps"] == 9 and meta["decoding_defaults"] == {"method": "greedy", "beam_width": 5}
     assert meta["precision"] == "fp32" and meta["opset"] == 18 and meta["model_config"]["d_model"] == cfg["d_model"]
     assert meta["width_range"][0] <= 64 <= meta["width_range"][1] and meta["feature_height"] == 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import warnings
 from typing import TYPE_CHECKING, Callable, Union
@@ -200,20 +201,43 @@ def content_width(image_size: tuple[int, int], height: int, width: int, keep_asp
     return max(1, min(width, round(w0 * height / h0)))
 
 
+PADS = ("zero", "edge")
+
+
+def canvas_width(img_width: int, img_height: int, height: int, width: int, width_step: int = 0) -> int:
+    """Width of a keep-aspect canvas for an image of img_width x img_height scaled to `height`: `width`, or with
+    width_step > 0 the image's longer side scaled to `height`, rounded up to a multiple of width_step, at most
+    `width`. EasyOCR's rule (width_step = height): ceil(max(w/h, h/w)) * height, so a tall crop gets the
+    canvas it would have lying on its side."""
+    if width_step <= 0:
+        return width
+    span = max(img_width / img_height, img_height / img_width) * height
+    return min(width, max(1, math.ceil(round(span, 6) / width_step)) * width_step)
+
+
 def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
-           fill: int | tuple[int, ...] = 0) -> Image.Image:
-    """Resize to exactly (height, width).
+           fill: int | tuple[int, ...] = 0, pad: str = "zero", width_step: int = 0) -> Image.Image:
+    """Resize to (height, width), or with keep_aspect to the target height on a canvas.
 
     keep_aspect=False stretches (the MASTER/PARSeq default). keep_aspect=True scales to the target height,
-    caps the width, and pads on the right with `fill`.
+    caps the width at `width` and pads on the right up to the canvas width (`width`, or with width_step > 0
+    EasyOCR's canvas, see canvas_width). pad="zero" fills with `fill`; pad="edge" repeats the image's last
+    column (EasyOCR's border padding).
     """
     if not keep_aspect:
         return img.resize((width, height), Image.BICUBIC)
+    if pad not in PADS:
+        raise ValueError(f"pad {pad!r}: choose one of {PADS}")
     new_w = content_width(img.size, height, width, keep_aspect)
     scaled = img.resize((new_w, height), Image.BICUBIC)
-    if new_w == width:
+    canvas_w = canvas_width(img.width, img.height, height, width, width_step)
+    if new_w == canvas_w:
         return scaled
-    canvas = Image.new(img.mode, (width, height), fill)
+    if pad == "edge":
+        arr = np.asarray(scaled)
+        widths = ((0, 0), (0, canvas_w - new_w)) + (((0, 0),) if arr.ndim == 3 else ())
+        return Image.fromarray(np.pad(arr, widths, mode="edge"), scaled.mode)
+    canvas = Image.new(img.mode, (canvas_w, height), fill)
     canvas.paste(scaled, (0, 0))
     return canvas
 
@@ -259,16 +283,25 @@ class Rotate:
 
 
 class ImageTransform:
-    """load -> (augment) -> resize -> normalise. One object, shared by training, evaluation and reading."""
+    """load -> (augment) -> resize -> normalise. One object, shared by training, evaluation and reading.
+
+    keep_aspect, pad and width_step are resize()'s. With width_step > 0 images come out with different widths;
+    `collate` pads a batch of them to its widest image the same way (so an image's own padding and the
+    batch's padding agree).
+    """
 
     def __init__(self, height: int, width: int, keep_aspect: bool = False, grayscale: bool = False,
                  augment: Callable[[Image.Image], Image.Image] | None = None,
-                 mean: float = 0.5, std: float = 0.5):
+                 mean: float = 0.5, std: float = 0.5, pad: str = "zero", width_step: int = 0):
         self.height, self.width = int(height), int(width)
         self.keep_aspect = keep_aspect
         self.grayscale = grayscale
         self.augment = augment
         self.mean, self.std = mean, std
+        if pad not in PADS:
+            raise ValueError(f"pad {pad!r}: choose one of {PADS}")
+        self.pad = pad
+        self.width_step = int(width_step or 0)
 
     @property
     def channels(self) -> int:
@@ -280,10 +313,24 @@ class ImageTransform:
         img = load_image(source, grayscale=self.grayscale, name=name)
         if self.augment is not None:
             img = self.augment(img)
-        img = resize(img, self.height, self.width, self.keep_aspect)
+        img = resize(img, self.height, self.width, self.keep_aspect, pad=self.pad, width_step=self.width_step)
         return to_array(img, self.mean, self.std)
 
     def __call__(self, source: ImageSource, name: str | None = None) -> "torch.Tensor":
         import torch
 
         return torch.from_numpy(self.array(source, name))
+
+    def collate(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """(C, H, W_i) arrays -> one (B, C, H, max W_i) float32 batch, narrower images padded on the right as
+        this transform pads (edge: their last column repeated; zero: the fill, normalised)."""
+        widest = max(a.shape[-1] for a in arrays)
+        out = []
+        for a in arrays:
+            extra = widest - a.shape[-1]
+            if extra:
+                widths = ((0, 0), (0, 0), (0, extra))
+                a = (np.pad(a, widths, mode="edge") if self.pad == "edge" else
+                     np.pad(a, widths, constant_values=(0.0 - self.mean) / self.std))
+            out.append(a)
+        return np.stack(out).astype(np.float32, copy=False)

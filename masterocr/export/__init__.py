@@ -103,7 +103,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
 
     from masterocr import __version__
     from masterocr.models.layers import fold_batchnorm
-    from masterocr.recognizer import stored_keep_aspect
+    from masterocr.recognizer import stored_preprocessing
     from masterocr.weights import load_model, resolve_model_config
 
     if format not in FORMATS:
@@ -124,8 +124,9 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
     export = exporter_for(family)
     model.eval()
     fold_batchnorm(model)  # the graphs compute what the torch Recognizer computes, one op fewer per conv
+    stored = stored_preprocessing(name_or_path)
     if keep_aspect is None:
-        keep_aspect = bool(stored_keep_aspect(name_or_path))
+        keep_aspect = bool(stored.get("keep_aspect", False))
     from masterocr.data.image import ImageTransform
 
     defaults = ImageTransform(1, 1)
@@ -140,6 +141,8 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         "img_size": [int(v) for v in model.img_size],
         "in_channels": int(model.in_channels),
         "keep_aspect": bool(keep_aspect),
+        "pad": str(stored.get("pad", "zero")),
+        "width_step": int(stored.get("width_step", 0)),
         "mean": float(defaults.mean),
         "std": float(defaults.std),
         "decoding_defaults": {"method": "greedy", "beam_width": 5},

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Importing this module stays cheap (the CLI lists the kinds): torch and weights load on first use.
 IMPORTERS: dict[str, str] = {
+    "easyocr-g2": "masterocr.importers.easyocr:import_english_g2",
     "strhub": "masterocr.importers.strhub:import_strhub",
 }
 

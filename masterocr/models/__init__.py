@@ -13,6 +13,9 @@ from torch import nn
 
 MODELS: dict[str, str] = {
     "master": "masterocr.models.master:build_master",
+    "crnn": "masterocr.models.crnn:build_crnn",
+    "trba": "masterocr.models.trba:build_trba",
+    "seq2seq": "masterocr.models.seq2seq:build_seq2seq",
     "parseq": "masterocr.models.parseq:build_parseq",
     "vitstr": "masterocr.models.vitstr:build_vitstr",
 }

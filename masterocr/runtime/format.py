@@ -12,6 +12,8 @@ An export is a folder of ONNX graphs. Each graph carries the whole description o
     charset, max_label_length   the tokenizer (attention tokens: EOS 0, characters 1..N, BOS N+1, PAD N+2)
     img_size, in_channels       the model's input (height, width) and channels
     keep_aspect, mean, std      the image pipeline: resize mode and normalisation (x/255 - mean) / std
+    pad, width_step             how a kept-aspect image is padded ("zero" or "edge") and the width step of
+                                variable-width canvases (0: the fixed width), as data/image.py's resize
     width_range                 [min, max] input widths the graphs accept (null: the fixed width only)
     feature_height              rows of the feature map the attention is drawn on (columns follow the width)
     max_steps                   decoding steps at most (labels + EOS)
@@ -46,7 +48,8 @@ CACHE_LAYOUTS = ("concat", "fixed")
 
 # Fields that every graph of one export must hold with the same value (a graph from another export fails).
 SHARED_FIELDS = ("format", "format_version", "graphs", "model_name", "family", "decoding", "charset",
-                 "max_label_length", "img_size", "in_channels", "keep_aspect", "mean", "std", "width_range",
+                 "max_label_length", "img_size", "in_channels", "keep_aspect", "mean", "std", "pad", "width_step",
+                 "width_range",
                  "feature_height", "max_steps", "cache", "precision", "model_config", "export_id", "tokens",
                  "decoder")
 REQUIRED_FIELDS = SHARED_FIELDS + ("role", "masterocr_version", "decoding_defaults", "opset")

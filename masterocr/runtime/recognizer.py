@@ -77,7 +77,8 @@ class OnnxRecognizer:
         if keep_aspect is None:
             keep_aspect = bool(meta["keep_aspect"])
         self.transform = ImageTransform(height, model_width, keep_aspect=keep_aspect,
-                                        grayscale=int(meta["in_channels"]) == 1, mean=meta["mean"], std=meta["std"])
+                                        grayscale=int(meta["in_channels"]) == 1, mean=meta["mean"], std=meta["std"],
+                                        pad=meta.get("pad", "zero"), width_step=meta.get("width_step", 0))
         decoder = meta["decoder"]
         self.spec = decoding.ARSpec(eos=int(meta["tokens"]["eos"]), bos=int(meta["tokens"]["bos"]),
                                     pad=int(meta["tokens"]["pad"]), num_classes=int(decoder["num_classes"]),
@@ -102,7 +103,15 @@ class OnnxRecognizer:
         """This recognizer's image pipeline, optionally rotating each image first (as Recognizer's)."""
         t = self.transform
         return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
-                              augment=Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std)
+                              augment=Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
+                              pad=t.pad, width_step=t.width_step)
+
+    def collate(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """`preprocess` outputs -> one (B, C, H, W) batch; different widths (width_step) padded to the widest
+        as the transform pads (as Recognizer.collate)."""
+        if len({a.shape[-1] for a in prepared}) <= 1:
+            return np.stack(list(prepared))
+        return self.transform.collate(list(prepared))
 
     # ---- the model call ----
 
@@ -142,7 +151,7 @@ class OnnxRecognizer:
 
     def predict_batch(self, prepared: list[np.ndarray], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
-        return self.predict(np.stack(prepared), need_attention)  # (B, C, H, W)
+        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W)
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
              on_error: str = "auto") -> ReadResult | list[ReadResult]:

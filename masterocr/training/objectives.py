@@ -50,8 +50,11 @@ class AuxCTC(nn.Module):
             raise ValueError("train.aux_ctc_weight > 0 needs a model with encode() and feature_size()")
         self.weight = float(weight)
         self.tokenizer = CTCTokenizer(model.tokenizer.charset, model.tokenizer.max_length)
-        d_model = int(model.embed.embedding_dim) if hasattr(model, "embed") else int(
-            getattr(model.config, "d_model", getattr(model.config, "embed_dim", 0)))
+        d_model = getattr(model, "memory_dim", None)  # models whose memory width is not their embedding's say so
+        if d_model is None:
+            d_model = model.embed.embedding_dim if hasattr(model, "embed") else getattr(
+                model.config, "d_model", getattr(model.config, "embed_dim", 0))
+        d_model = int(d_model)
         self.head = nn.Linear(d_model, self.tokenizer.num_classes)
 
     def forward(self, model: nn.Module, memory: torch.Tensor, images: torch.Tensor, labels: list[str]) -> torch.Tensor:
