@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Set up masterocr in ./.venv.   ./setup.sh         runtime only
-#                                ./setup.sh --dev   + test tools
+# Set up masterocr in ./.venv.   ./setup.sh            everything (torch, training, export, runtime)
+#                                ./setup.sh --dev      + test tools
+#                                ./setup.sh --runtime  the torch-free runtime only (reads export folders)
 # Installs the Debian fonts/word lists the synthetic renderer uses (when run as root with apt-get), then the
 # pinned Python requirements (torch==2.13.0 first, so nothing pulls a CUDA build), then the package itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 reqs=requirements.txt
 [ "${1:-}" = "--dev" ] && reqs=requirements-dev.txt
+if [ "${1:-}" = "--runtime" ]; then
+  # pip extras can only add packages, so the torch-free install is the package without its dependencies plus
+  # the three the runtime needs (numpy, pillow, onnxruntime).
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-runtime.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  echo "masterocr (runtime only, no torch) is set up in $(pwd)/.venv"
+  exit 0
+fi
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && [ -f debian-packages.txt ]; then
   pkgs=$(grep -v '^#' debian-packages.txt | xargs)

@@ -1,7 +1,9 @@
 """Charsets, tokenizers and evaluation protocols: the one text layer every model shares.
 
 Imports nothing else of masterocr. Ids are fixed by the charset alone, so a checkpoint that stores its
-charset string can always rebuild the exact tokenizer it was trained with.
+charset string can always rebuild the exact tokenizer it was trained with. Importable without torch (the
+torch-free runtime decodes with these tokenizers): torch is imported only by the methods that build tensors,
+and decoding accepts NumPy arrays as well as tensors.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import string
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch  # imported where tensors are made, so scoring text (`masterocr metrics`) needs no torch
@@ -228,6 +232,12 @@ def get_protocol(name: str) -> Callable[[str], str]:
 
 # ---- tokenizers -----------------------------------------------------------------------------------------
 
+def _float32(x: Any) -> np.ndarray:
+    """A tensor (any device or float dtype) or array -> float32 NumPy array, for decoding on the CPU."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
 @dataclass
 class Decoded:
     """One decoded sequence: text, probability of each character (and of EOS for attention models)."""
@@ -298,17 +308,18 @@ class AttentionTokenizer(_Tokenizer):
                 chars.append(self.charset[i - 1])
         return "".join(chars)
 
-    def decode(self, probs: torch.Tensor) -> list[Decoded]:
+    def decode(self, probs: torch.Tensor | np.ndarray) -> list[Decoded]:
         """probs (B, T, num_classes) -> texts; confidence = product of max probs up to and including EOS."""
-        max_probs, ids = probs.float().max(-1)
-        return self.decode_chosen(ids, max_probs)
+        probs = _float32(probs)
+        return self.decode_chosen(probs.argmax(-1), probs.max(-1))
 
-    def decode_chosen(self, token_ids: torch.Tensor, token_probs: torch.Tensor) -> list[Decoded]:
+    def decode_chosen(self, token_ids: torch.Tensor | np.ndarray, token_probs: torch.Tensor | np.ndarray
+                      ) -> list[Decoded]:
         """Chosen tokens (B, T) and their probabilities (B, T) -> texts, stopping at each row's first EOS.
 
-        Beam search needs this form: its chosen token is not always the step's arg-max."""
+        Beam search needs this form: its chosen token is not always the step's arg-max. Tensors or arrays."""
         results = []
-        for row_ids, row_probs in zip(token_ids.tolist(), token_probs.float().tolist()):
+        for row_ids, row_probs in zip(token_ids.tolist(), _float32(token_probs).tolist()):
             chars, char_probs, conf = [], [], 1.0
             for i, p in zip(row_ids, row_probs):
                 conf *= p

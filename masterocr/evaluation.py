@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence
 from rapidfuzz.distance import LCSseq, Levenshtein
 
 from masterocr.charset import DEFAULT_MAX_LENGTH, get_protocol
+from masterocr.data.image import ROTATIONS
 
 
 # ---- protocol -------------------------------------------------------------------------------------------
@@ -567,14 +568,17 @@ class EvalResult:
 
 
 def _as_recognizer(model, device=None, decode_method=None):
-    """A Recognizer for `model` (an nn.Module is wrapped; a Recognizer is moved/configured as asked)."""
+    """A Recognizer for `model` (an nn.Module is wrapped; a Recognizer, or the runtime's OnnxRecognizer, is
+    moved/configured as asked)."""
     import torch
 
     from masterocr.recognizer import Recognizer
 
-    if isinstance(model, Recognizer):
+    if not isinstance(model, torch.nn.Module) and hasattr(model, "predict_batch"):
         rec = model
-        if device is not None and torch.device(device) != rec.device:
+        if device is not None and not isinstance(rec, Recognizer) and str(device) != "cpu":
+            raise ValueError(f"device {device!r}: choose the device when loading an export folder")
+        if isinstance(rec, Recognizer) and device is not None and torch.device(device) != rec.device:
             rec.to(device)
         if decode_method is not None and decode_method != rec.decode_method:
             import copy
@@ -599,10 +603,9 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     Samples are batched, ordered by aspect ratio when the resize keeps it (sort_by_aspect=None: automatic),
     so similar shapes share a batch. An unreadable image is reported (log, default stderr), counted in
     `failed` and scored as an empty prediction: benchmark figures never silently exclude a sample.
+    The model may also be the runtime's OnnxRecognizer (an export folder read with ONNX Runtime).
     """
     from torch.utils.data import DataLoader
-
-    from masterocr.recognizer import ROTATIONS  # torch: imported here so `masterocr metrics` needs none
 
     if int(rotation) % 360 not in ROTATIONS:
         raise ValueError(f"rotation {rotation}: choose one of {ROTATIONS}")
@@ -655,7 +658,7 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
                        dynamic_ncols=True)
         for batch in loader:
             good = [(t, pos) for t, _, pos in batch if t is not None]
-            readings = rec.predict(rec.collate([t for t, _ in good]), need_attention=False) if good else []
+            readings = rec.predict_batch([t for t, _ in good], need_attention=False) if good else []
             by_pos = {pos: r for (_, pos), r in zip(good, readings)}
             for _, error, pos in batch:
                 index = keep[order[pos]]

@@ -46,6 +46,30 @@ def is_single(x: Any) -> bool:
     return not isinstance(x, (list, tuple))
 
 
+def looks_like_path(data: bytes) -> bool:
+    """Short printable UTF-8 text: what os.fsencode(path) gives, not image data (the file system is not asked,
+    so a server passing uploads through never reveals which paths exist)."""
+    if len(data) > 4096:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.isprintable() and ("/" in text or "." in text)
+
+
+def prepare(convert: Callable[[ImageSource], Prepared], source: ImageSource) -> Prepared:
+    """convert(source) (an ImageTransform, or its array()), with one hint added to its ImageError: bytes
+    that look like a path were meant as a file name. Every recognizer's preprocess goes through here."""
+    try:
+        return convert(source)
+    except ImageError as e:
+        if isinstance(source, bytes) and e.reason == "not an image file" and looks_like_path(source):
+            raise ImageError(f"{e}; bytes are read as encoded image data: to read a file, pass its path as "
+                             "str", e.reason) from None
+        raise
+
+
 def read_batched(sources: ImageSource | Sequence[ImageSource], prepare: Callable[[ImageSource], Prepared],
                  predict: Callable[[list[Prepared]], list[ReadResult]], batch_size: int,
                  on_error: str = "auto") -> ReadResult | list[ReadResult]:
@@ -81,4 +105,4 @@ def read_batched(sources: ImageSource | Sequence[ImageSource], prepare: Callable
     return results[0] if single else results  # type: ignore[return-value]
 
 
-__all__ = ["ON_ERROR", "ReadResult", "failed", "is_single", "read_batched"]
+__all__ = ["ON_ERROR", "ReadResult", "failed", "is_single", "looks_like_path", "prepare", "read_batched"]

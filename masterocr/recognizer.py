@@ -15,29 +15,17 @@ import threading
 import warnings
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
-from masterocr.data.image import ImageError, ImageSource, ImageTransform
-from masterocr.reading import ReadResult, read_batched
+from masterocr.data.image import ROTATIONS, ImageSource, ImageTransform, rotate_image  # noqa: F401 (re-exported)
+from masterocr.data.image import Rotate as _Rotate
+from masterocr.figures import attention_figure, heat_colors  # noqa: F401 (re-exported: torch-free home)
+from masterocr.reading import ReadResult, prepare, read_batched
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
 PREFERRED_DEFAULTS = ("master-small", "master", "master-tiny")
 DECODE_METHODS = ("greedy", "beam", "nar")
-ROTATIONS = (0, 90, 180, 270)
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
-    """Rotate counter-clockwise by 0/90/180/270 degrees (no interpolation, the canvas follows the image)."""
-    ops = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
-    degrees = int(degrees) % 360
-    if degrees == 0:
-        return img
-    if degrees not in ops:
-        raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
-    return img.transpose(ops[degrees])
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -61,28 +49,6 @@ def check_device(device: str | torch.device) -> torch.device:
         except Exception as e:
             raise ValueError(f"device {str(device)!r}: not usable here ({str(e).splitlines()[0]})") from None
     return dev
-
-
-def _looks_like_path(data: bytes) -> bool:
-    """Short printable UTF-8 text: what os.fsencode(path) gives, not image data (the file system is not asked,
-    so a server passing uploads through never reveals which paths exist)."""
-    if len(data) > 4096:
-        return False
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return text.isprintable() and ("/" in text or "." in text)
-
-
-class _Rotate:
-    """Picklable augment hook for ImageTransform (applied before resizing)."""
-
-    def __init__(self, degrees: int):
-        self.degrees = int(degrees)
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return rotate_image(img, self.degrees)
 
 
 class Recognizer:
@@ -190,13 +156,7 @@ class Recognizer:
 
     def preprocess(self, source: ImageSource) -> torch.Tensor:
         """One image -> (C, H, W) tensor. Raises ImageError naming the input."""
-        try:
-            return self.transform(source)
-        except ImageError as e:
-            if isinstance(source, bytes) and e.reason == "not an image file" and _looks_like_path(source):
-                raise ImageError(f"{e}; bytes are read as encoded image data: to read a file, pass its path as "
-                                 "str", e.reason) from None
-            raise
+        return prepare(self.transform, source)
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
              on_error: str = "auto") -> ReadResult | list[ReadResult]:
@@ -307,80 +267,3 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
                       keep_aspect=keep_aspect, batch_size=batch_size, precision=precision,
                       refine_iters=refine_iters, pad=stored.get("pad", "zero"),
                       width_step=stored.get("width_step", 0))
-
-
-# ---- attention pictures ---------------------------------------------------------------------------------
-
-_FONT_PATHS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    for path in _FONT_PATHS:
-        if os.path.isfile(path):
-            return ImageFont.truetype(path, size)
-    try:
-        return ImageFont.load_default(size)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def heat_colors(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (H, W) -> RGB uint8 (H, W, 3) on a blue-cyan-yellow-red scale (jet-like)."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
-    return (np.concatenate([r, g, b], axis=-1) * 255).round().astype(np.uint8)
-
-
-def _attention_on_image(att: np.ndarray, img_size: tuple[int, int], keep_aspect: bool,
-                        image_size: tuple[int, int], display: tuple[int, int]) -> np.ndarray:
-    """Map one (Hf, Wf) attention map from the model's input canvas onto the displayed original image.
-
-    The map covers the resized (H, W) input; with keep_aspect only the left part of it holds the image
-    (the rest is padding), so that part is cut out before scaling to the display size. Returns (h, w) in [0, 1].
-    """
-    from masterocr.data.image import content_width
-
-    height, width = img_size
-    canvas = Image.fromarray(np.asarray(att, dtype=np.float32), mode="F").resize((width, height), Image.BILINEAR)
-    if keep_aspect:
-        canvas = canvas.crop((0, 0, content_width(image_size, height, width, keep_aspect), height))
-    out = np.asarray(canvas.resize(display, Image.BILINEAR), dtype=np.float32)
-    top = float(out.max())
-    return out / top if top > 0 else out
-
-
-def attention_figure(image: ImageSource, result: ReadResult, img_size: tuple[int, int], keep_aspect: bool = False,
-                     row_height: int = 64, max_width: int = 640, alpha: float = 0.55) -> Image.Image:
-    """A picture of the decoder's attention: the image with the reading on top, then one row per character
-    with its attention as a heat-map overlay, labelled with the character and its probability."""
-    from PIL import ImageDraw
-
-    from masterocr.data.image import load_image
-
-    img = load_image(image)
-    w = max(row_height // 2, min(max_width, round(img.width * row_height / img.height)))
-    shown = img.resize((w, row_height), Image.BICUBIC)
-    base = np.asarray(shown, dtype=np.float32)
-    font = _font(max(10, row_height // 4))
-    margin, gap = 110, 2
-    n = 0 if result.attention is None else len(result.attention)
-    fig = Image.new("RGB", (margin + w, (row_height + gap) * (n + 1)), (255, 255, 255))
-    draw = ImageDraw.Draw(fig)
-    fig.paste(shown, (margin, 0))
-    draw.text((4, 4), "read:", fill=(0, 0, 0), font=font)
-    draw.text((4, row_height // 2), f"{result.text!r}"[:14], fill=(0, 0, 0), font=font)
-    draw.text((4, row_height - row_height // 4 - 2), f"p={result.confidence:.2f}", fill=(80, 80, 80), font=font)
-    for k in range(n):
-        heat = _attention_on_image(result.attention[k], img_size, keep_aspect, img.size, (w, row_height))
-        mix = (1 - alpha * heat[..., None]) * base + alpha * heat[..., None] * heat_colors(heat)
-        top = (row_height + gap) * (k + 1)
-        fig.paste(Image.fromarray(mix.clip(0, 255).astype(np.uint8)), (margin, top))
-        char = result.text[k] if k < len(result.text) else "?"
-        prob = result.char_probs[k] if k < len(result.char_probs) else float("nan")
-        draw.text((4, top + 4), f"{k + 1}: {char}", fill=(0, 0, 0), font=_font(max(12, row_height // 3)))
-        draw.text((4, top + row_height // 2 + 2), f"p={prob:.2f}", fill=(80, 80, 80), font=font)
-    return fig

@@ -28,7 +28,8 @@ def rec(tiny_weights):
 
 def test_import_masterocr_is_cheap():
     code = ("import sys, masterocr; assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert callable(masterocr.load) and 'torch' in sys.modules; print(masterocr.Recognizer.__name__)")
+            "assert callable(masterocr.load) and 'torch' not in sys.modules; "  # export folders need no torch
+            "print(masterocr.Recognizer.__name__); assert 'torch' in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "Recognizer"

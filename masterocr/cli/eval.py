@@ -7,6 +7,7 @@ import logging
 import sys
 
 from masterocr.cli.common import by_reason, non_negative_int, positive_int, shown
+from masterocr.cli.read import add_backend_argument
 
 
 def register(subparsers) -> None:
@@ -20,7 +21,8 @@ def register(subparsers) -> None:
                     "Unreadable images are reported and scored as empty predictions; a dataset that cannot be "
                     "opened is reported and the others evaluated. The exit code is 1 when any image, label "
                     "entry or dataset failed.")
-    p.add_argument("model", metavar="MODEL", help="bundled model name, .safetensors or .ckpt")
+    p.add_argument("model", metavar="MODEL",
+                   help="bundled model name, .safetensors, .ckpt, or an export folder (read with ONNX Runtime)")
     p.add_argument("--data", nargs="+", required=True, metavar="ROOT", help="benchmark folders / LMDBs / trees")
     p.add_argument("--protocol", default="36", choices=["36", "62", "94", "raw"],
                    help="36 (default, the standard: lower-case [0-9a-z]), 62, 94 or raw")
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
                         "`holdout: {fraction, seed}` splits it (e.g. a model's selection set)")
     p.add_argument("--holdout-seed", type=int, default=0, help="the holdout's seed (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=64)
+    add_backend_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--decode", default="greedy", choices=["greedy", "beam", "nar"],
                    help="greedy or beam: autoregressive; nar: all positions at once (PARSeq)")
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from masterocr.data.datasets import parse_holdout
     from masterocr.evaluation import evaluate, open_benchmarks, write_results
-    from masterocr.recognizer import load
+    from masterocr.cli.read import load_recognizer
 
     # Dataset filter reports are logged at INFO; show warnings (e.g. malformed label lines) only.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -62,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if not benchmarks:
         print("masterocr eval: error: no dataset to evaluate", file=sys.stderr)
         return 2
-    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
-               batch_size=args.batch_size, refine_iters=args.refine)
+    rec = load_recognizer(args.model, args.backend, device=args.device, decode_method=args.decode,
+                          beam_width=args.beam_width, batch_size=args.batch_size, refine_iters=args.refine)
     results = []
     any_failed = bool(unusable)
     for rotation in dict.fromkeys(args.rotation):

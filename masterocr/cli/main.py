@@ -12,7 +12,24 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each module defines `register(subparsers)` adding its command(s) with `func` set as default.
-COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights", "serve"]
+COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights", "serve",
+                   "export"]
+# Installed without torch (the runtime only: `./setup.sh --runtime`, requirements-runtime.txt), a command whose
+# module needs a missing package stands in and says so when run; `read` still reads export folders.
+
+
+def _third_party(error: ModuleNotFoundError) -> bool:
+    return bool(error.name) and error.name.split(".")[0] != "masterocr"
+
+
+def _needs(sub, name: str, error: ModuleNotFoundError) -> None:
+    """A stand-in for a command whose module needs a missing package: it says so when run."""
+    def fail(args):
+        raise error
+
+    p = sub.add_parser(name, help=f"(needs {error.name}, not installed)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=fail)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name == f"masterocr.cli.{name}":
                 continue  # command not built yet
+            if _third_party(e):  # e.g. torch, which a runtime-only installation lacks
+                _needs(sub, name, e)
+                continue
             raise
         module.register(sub)
     return parser
@@ -54,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail on the closed pipe again
         return 141
+    except ModuleNotFoundError as e:
+        if not _third_party(e):
+            raise
+        print(f"masterocr {command}: error: this needs {e.name}, which is not installed (a runtime-only "
+              f"installation reads export folders: masterocr read IMAGES --model DIR; `./setup.sh` or "
+              f"`pip install masterocr` installs everything)", file=sys.stderr)
+        return 2
     except Exception as e:
         from masterocr.cli.common import user_error_message
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from masterocr.cli.common import by_reason, json_line, non_negative_int, positive_int, shown, tsv_field
 
+BACKENDS = ("auto", "torch", "onnx")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -24,8 +25,10 @@ def register(subparsers) -> None:
                     "turn back into the name).")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB",
                    help="image files, folders (their images, not recursive) or glob patterns (** allowed)")
-    p.add_argument("--model", default=None, metavar="NAME|PATH",
-                   help="bundled model name, .safetensors or .ckpt (default: the bundled model)")
+    p.add_argument("--model", default=None, metavar="NAME|PATH|DIR",
+                   help="bundled model name, .safetensors, .ckpt, or an export folder (masterocr export) read "
+                        "with ONNX Runtime (default: the bundled model)")
+    add_backend_argument(p)
     p.add_argument("--json", action="store_true", help="JSON lines with per-character probabilities")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -37,6 +40,42 @@ def register(subparsers) -> None:
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="write per image a PNG of the decoder attention for each character")
     p.set_defaults(func=run)
+
+
+def add_backend_argument(p) -> None:
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto (default): an export folder runs on ONNX Runtime, weights on torch; onnx: weights "
+                        "are exported to a temporary folder first; torch: weights only")
+
+
+def load_recognizer(model: str | None, backend: str = "auto", **options):
+    """A recognizer for the command line: torch for weights, the ONNX runtime for an export folder, or the
+    weights exported on the fly (into a temporary folder, removed at exit) for backend="onnx"."""
+    from masterocr import load
+    from masterocr.runtime import is_export_folder
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch" and is_export_folder(model):
+        raise ValueError(f"{model}: an export folder runs on the onnx backend (ONNX Runtime), not torch")
+    if backend == "onnx" and not is_export_folder(model):
+        import atexit
+        import shutil
+        import tempfile
+
+        from masterocr.export import export_model
+        from masterocr.recognizer import default_model_name
+
+        source = model or default_model_name()
+        folder = tempfile.mkdtemp(prefix="masterocr-export-")
+        atexit.register(shutil.rmtree, folder, True)
+        print(f"masterocr: exporting {source} to {folder} for the onnx backend", file=sys.stderr)
+        export_model(source, folder)
+        model = folder
+    if is_export_folder(model) and "refine_iters" in options:
+        if options.pop("refine_iters") is not None:
+            raise ValueError("--refine is an option of PARSeq's torch decoding, not of export folders")
+    return load(model, **options)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
@@ -82,14 +121,14 @@ def _attention_name(path: str, used: set[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from masterocr.data.image import ImageError, load_image
-    from masterocr.recognizer import attention_figure, load
+    from masterocr.figures import attention_figure
 
     paths, failed = expand_inputs(args.inputs)
     for message in failed:
         print(f"masterocr read: {message}", file=sys.stderr)
     reasons = ["no such file"] * len(failed)  # why each failed input failed, for the closing summary
-    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
-               refine_iters=args.refine)
+    rec = load_recognizer(args.model, args.backend, device=args.device, decode_method=args.decode,
+                          beam_width=args.beam_width, refine_iters=args.refine)
     out_dir = Path(args.attention) if args.attention else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             names.append(path)
         if not tensors:
             continue
-        results = rec.predict(rec.collate(tensors))  # (B, C, H, W) -> B readings
+        results = rec.predict_batch(tensors)  # B readings
         for path, img, r in zip(names, images, results):
             figure = None
             if out_dir is not None:

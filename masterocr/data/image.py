@@ -258,6 +258,30 @@ def to_tensor(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> "torch.T
     return torch.from_numpy(to_array(img, mean, std))
 
 
+ROTATIONS = (0, 90, 180, 270)
+
+
+def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
+    """Rotate counter-clockwise by 0/90/180/270 degrees (no interpolation, the canvas follows the image)."""
+    ops = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    degrees = int(degrees) % 360
+    if degrees == 0:
+        return img
+    if degrees not in ops:
+        raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
+    return img.transpose(ops[degrees])
+
+
+class Rotate:
+    """Picklable augment hook for ImageTransform (applied before resizing): robustness tests rotate images."""
+
+    def __init__(self, degrees: int):
+        self.degrees = int(degrees)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return rotate_image(img, self.degrees)
+
+
 class ImageTransform:
     """load -> (augment) -> resize -> normalise. One object, shared by training, evaluation and reading.
 

@@ -16,7 +16,16 @@ def _load_torch(model: str | None) -> Any:
     return load(model)
 
 
-BACKENDS: dict[str, Callable[[str | None], Any]] = {"torch": _load_torch}
+def _load_onnx(model: str | None) -> Any:
+    from masterocr.runtime import is_export_folder, load
+
+    if not is_export_folder(model):
+        raise ValueError(f"{model}: the onnx backend serves an export folder (write one with "
+                         "`masterocr export MODEL -o DIR`)")
+    return load(model)
+
+
+BACKENDS: dict[str, Callable[[str | None], Any]] = {"torch": _load_torch, "onnx": _load_onnx}
 
 
 def load_recognizer(model: str | None, backend: str = "torch") -> Any:
