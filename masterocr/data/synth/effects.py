@@ -462,9 +462,9 @@ def apply_jpeg(img: Image.Image, rng: np.random.Generator, strength: float) -> I
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=max(5, quality))
     buf.seek(0)
-    out = Image.open(buf)
+    out = Image.open(buf, formats=("JPEG",))  # no format probing
     out.load()
-    return out.convert("RGB")
+    return out if out.mode == "RGB" else out.convert("RGB")
 
 
 def active(effect: Effect, rng: np.random.Generator) -> bool:

@@ -177,8 +177,9 @@ class Renderer:
         return placed
 
     def _curve(self, placed, baseline: float, rng: np.random.Generator):
-        """Bend a straight layout along a circle: each glyph is moved onto it and turned to follow it
-        (clockwise angle theta at arc position x). An arc of up to 150 degrees, or most of a circle."""
+        """Bend a straight layout along a circle, arched or sagging: an arc of up to 150 degrees, or most of a
+        circle. The flat ink is remapped as a whole (one mesh warp), so letters turn and bend with the path
+        as printed curved text does. -> one placement holding the curved ink."""
         x_min = min(x for _, x, _, _ in placed)
         x_max = max(x + m.shape[1] for m, x, _, _ in placed)
         span = max(1.0, x_max - x_min)
@@ -189,23 +190,49 @@ class Renderer:
             arc = math.radians(min(150.0, 25.0 * (len(placed) - 1))) * strength
             arc = arc * rng.uniform(0.3, 1.0)
         arc = min(max(arc, 1e-3), math.radians(330.0))
-        radius = span / arc
         sign = 1.0 if rng.random() < 0.6 else -1.0  # 1: text on top of a circle (arched), -1: sagging (smile)
+
+        fx0 = math.floor(x_min)
+        fy0 = math.floor(min(y for _, _, y, _ in placed))
+        fx1, fy1 = math.ceil(x_max), math.ceil(max(y + m.shape[0] for m, _, y, _ in placed))
+        flat = np.zeros((fy1 - fy0, fx1 - fx0), np.uint8)
+        for mask, x, y, _ in placed:
+            px, py = int(round(x)) - fx0, int(round(y)) - fy0
+            region = flat[py:py + mask.shape[0], px:px + mask.shape[1]]
+            np.maximum(region, mask[:region.shape[0], :region.shape[1]], out=region)
+        # The circle must stay outside the ink: its radius exceeds the ink's depth on the centre's side.
+        depth = (baseline - fy0) if sign < 0 else (fy1 - baseline)
+        radius = max(span / arc, 1.15 * depth, 1.0)
         mid = x_min + span / 2
-        out = []
-        for mask, x, y, adv in placed:
-            h, w = mask.shape
-            cx, cy = x + w / 2, y + h / 2  # glyph centre in the flat layout
-            theta = (cx - mid) / radius
-            ax = mid + radius * math.sin(theta)
-            ay = baseline + sign * radius * (1 - math.cos(theta))
-            d = cy - baseline  # centre's offset from the baseline, rotated with the glyph
-            rot = sign * theta
-            gx, gy = ax - d * math.sin(rot), ay + d * math.cos(rot)
-            img = Image.fromarray(mask).rotate(-math.degrees(rot), Image.BILINEAR, expand=True)
-            rm = np.asarray(img)
-            out.append((rm, gx - rm.shape[1] / 2, gy - rm.shape[0] / 2, adv))
-        return out
+        cy = baseline + sign * radius  # the circle's centre is (mid, cy)
+
+        def forward(x, y):  # flat layout -> curved layout
+            theta = (x - mid) / radius
+            rho = radius + sign * (baseline - y)
+            return mid + rho * np.sin(theta), cy - sign * rho * np.cos(theta)
+
+        gy, gx = np.mgrid[fy0:fy1 + 1:4, fx0:fx1 + 1:4].astype(np.float64)
+        gx = np.concatenate([gx.ravel(), [fx0, fx1, fx0, fx1]])
+        gy = np.concatenate([gy.ravel(), [fy0, fy0, fy1, fy1]])
+        u, v = forward(gx, gy)
+        ox0, oy0 = math.floor(u.min()) - 1, math.floor(v.min()) - 1
+        ow, oh = math.ceil(u.max()) - ox0 + 2, math.ceil(v.max()) - oy0 + 2
+        # Inverse map of every output pixel centre into the flat layout, then bilinear sampling (zero outside;
+        # the circle's seam behind the text maps past the ends of the flat ink).
+        du = (ox0 + 0.5 - mid) + np.arange(ow, dtype=np.float32)[None, :]           # (1, ow)
+        dv = sign * (cy - oy0 - 0.5 - np.arange(oh, dtype=np.float32)[:, None])    # (oh, 1)
+        fh, fw = flat.shape
+        x = np.clip(np.arctan2(du, dv) * np.float32(radius) + np.float32(mid - fx0 - 0.5), -1, fw)  # (oh, ow)
+        y = np.clip(np.float32(baseline - fy0 - 0.5 + sign * radius) - np.float32(sign) * np.hypot(du, dv),
+                    -1, fh)
+        x0, y0 = np.floor(x), np.floor(y)
+        ax, ay = x - x0, y - y0
+        xi, yi = x0.astype(np.intp) + 1, y0.astype(np.intp) + 1  # into the zero-padded flat ink
+        padded = np.pad(flat, ((1, 2), (1, 2))).astype(np.float32)
+        curved = ((padded[yi, xi] * (1 - ax) + padded[yi, xi + 1] * ax) * (1 - ay)
+                  + (padded[yi + 1, xi] * (1 - ax) + padded[yi + 1, xi + 1] * ax) * ay)
+        curved = (curved + 0.5).astype(np.uint8)
+        return [(curved, float(ox0), float(oy0), 0.0)]
 
     # ---- the whole sample ---------------------------------------------------------------------------------
     def render(self, rng: np.random.Generator, max_length: int | None = None) -> tuple[Image.Image, str]:
