@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Sequence
 from rapidfuzz.distance import LCSseq, Levenshtein
 
 from masterocr.charset import DEFAULT_MAX_LENGTH, get_protocol
-from masterocr.recognizer import ROTATIONS
+from masterocr.data.image import ROTATIONS
 
 
 # ---- protocol -------------------------------------------------------------------------------------------
@@ -480,6 +480,8 @@ class EvalResult:
     rotation: int = 0
     max_length: int | None = DEFAULT_MAX_LENGTH
     errors: list[str] = field(default_factory=list)
+    lexicon: str | None = None      # the lexicon file predictions were snapped to, if any
+    orientation: str = "upright"
 
     @property
     def combined(self) -> Metrics:
@@ -489,8 +491,11 @@ class EvalResult:
         return format_markdown(self.rows)
 
     def to_json(self, **meta) -> dict:
+        extra = {"lexicon": self.lexicon} if self.lexicon else {}
+        if self.orientation != "upright":
+            extra["orientation"] = self.orientation
         return to_json(self.rows, protocol=self.protocol, rotation=self.rotation, max_length=self.max_length,
-                       **meta)
+                       **extra, **meta)
 
 
 def _as_recognizer(model, device=None, decode_method=None):
@@ -516,7 +521,7 @@ def _as_recognizer(model, device=None, decode_method=None):
 def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotation: int = 0,
              device=None, max_length: int | None = DEFAULT_MAX_LENGTH, decode_method: str | None = None,
              sort_by_aspect: bool | None = None, num_workers: int = 0, progress: bool = True,
-             log=None) -> EvalResult:
+             log=None, lexicon=None) -> EvalResult:
     """Evaluate a model (nn.Module or Recognizer) on benchmarks under the field's protocol.
 
     datasets: a root path or list of roots (see open_benchmarks), or (name, dataset) pairs of datasets
@@ -526,6 +531,9 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     Samples are batched, ordered by aspect ratio when the resize keeps it (sort_by_aspect=None: automatic),
     so similar shapes share a batch. An unreadable image is reported (log, default stderr), counted in
     `failed` and scored as an empty prediction: benchmark figures never silently exclude a sample.
+    lexicon: a masterocr.lexicon.Lexicon (or a path to one): each reading is replaced by the nearest word of
+    its crop's lexicon (the lexicon-constrained protocol, e.g. SVT-50); a crop without a lexicon is an error.
+    A recognizer with orientation "auto" reads each image in its four turns and keeps the most confident.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -533,6 +541,10 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     if int(rotation) % 360 not in ROTATIONS:
         raise ValueError(f"rotation {rotation}: choose one of {ROTATIONS}")
     fn = get_protocol(protocol)
+    if lexicon is not None and not hasattr(lexicon, "snap"):
+        from masterocr.lexicon import Lexicon
+
+        lexicon = Lexicon.load(lexicon)
     rec = _as_recognizer(model, device, decode_method)
     transform = rec.make_transform(int(rotation) % 360)
     if sort_by_aspect is None:
@@ -559,6 +571,12 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
             else:
                 keep.append(i)
                 labels.append(gt)
+        if lexicon is not None:
+            for i in keep:  # every crop needs its lexicon: fail before reading, naming the first that has none
+                try:
+                    lexicon.words_for(dataset.name(i))
+                except KeyError as e:
+                    raise ValueError(f"{name}: {e.args[0]}") from None
         order = list(range(len(keep)))
         if sort_by_aspect:
             def aspect(pos: int) -> float:
@@ -592,7 +610,7 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
                     samples.append(SamplePrediction(name, file, gt, "", None, False, error))
                     continue
                 r = by_pos[pos]
-                pred = fn(r.text)
+                pred = fn(r.text) if lexicon is None else lexicon.snap(r.text, file, fn)
                 metrics.add(pred, gt, r.confidence)
                 samples.append(SamplePrediction(name, file, gt, pred, r.confidence, pred == gt))
             if bar is not None:
@@ -600,7 +618,8 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
         if bar is not None:
             bar.close()
         rows.append(metrics)
-    return EvalResult(rows, samples, str(protocol), int(rotation) % 360, max_length, errors)
+    return EvalResult(rows, samples, str(protocol), int(rotation) % 360, max_length, errors,
+                      getattr(lexicon, "source", None), rec.orientation)
 
 
 def write_results(results: Sequence[EvalResult], output_dir: str | os.PathLike, **meta) -> list[Path]:

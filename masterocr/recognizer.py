@@ -19,35 +19,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from masterocr.data.image import ImageSource, ImageTransform
+from masterocr.data.image import (ROTATIONS, ImageSource, ImageTransform, OrientationViews, Rotate,  # noqa: F401
+                                  rotate_image)
 from masterocr.reading import ReadResult, read_batched
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
 PREFERRED_DEFAULTS = ("master-small", "master", "master-tiny")
 DECODE_METHODS = ("greedy", "beam")
-ROTATIONS = (0, 90, 180, 270)
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
-    """Rotate counter-clockwise by 0/90/180/270 degrees (no interpolation, the canvas follows the image)."""
-    ops = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
-    degrees = int(degrees) % 360
-    if degrees == 0:
-        return img
-    if degrees not in ops:
-        raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
-    return img.transpose(ops[degrees])
-
-
-class _Rotate:
-    """Picklable augment hook for ImageTransform (applied before resizing)."""
-
-    def __init__(self, degrees: int):
-        self.degrees = int(degrees)
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return rotate_image(img, self.degrees)
+ORIENTATIONS = ("upright", "auto")
 
 
 class Recognizer:
@@ -55,7 +35,7 @@ class Recognizer:
 
     def __init__(self, model: torch.nn.Module, model_cfg: dict | None = None, device: str | torch.device = "cpu",
                  decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
-                 batch_size: int = 32, precision: str = "fp32"):
+                 batch_size: int = 32, precision: str = "fp32", orientation: str = "upright"):
         if decode_method not in DECODE_METHODS:
             raise ValueError(f"decode method {decode_method!r}: choose one of {DECODE_METHODS}")
         if precision not in _PRECISIONS:
@@ -72,6 +52,7 @@ class Recognizer:
         height, width = (int(v) for v in model.img_size)
         self.transform = ImageTransform(height, width, keep_aspect=keep_aspect,
                                         grayscale=int(model.in_channels) == 1)
+        self.orientation = orientation
         self._lock = threading.Lock()
         self.device = torch.device("cpu")
         self.to(device)
@@ -94,11 +75,27 @@ class Recognizer:
     def keep_aspect(self) -> bool:
         return self.transform.keep_aspect
 
-    def make_transform(self, rotation: int = 0) -> ImageTransform:
-        """This recognizer's image pipeline, optionally rotating each image first (robustness tests)."""
+    @property
+    def orientation(self) -> str:
+        """"upright": read images as they are; "auto": read each in its four turns (0/90/180/270) and keep the
+        most confident reading (4x the model work), for text of unknown orientation."""
+        return self._orientation
+
+    @orientation.setter
+    def orientation(self, value: str) -> None:
+        if value not in ORIENTATIONS:
+            raise ValueError(f"orientation {value!r}: choose one of {ORIENTATIONS}")
+        self._orientation = value
+        self._input = self.make_transform()
+
+    def make_transform(self, rotation: int = 0) -> ImageTransform | OrientationViews:
+        """This recognizer's image pipeline, optionally rotating each image first (robustness tests); with
+        orientation "auto" it gives each image's four turns (see OrientationViews)."""
         t = self.transform
+        if self.orientation == "auto":
+            return OrientationViews(t, rotation)
         return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
-                              augment=_Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std)
+                              augment=Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std)
 
     def _autocast(self):
         dtype = _PRECISIONS[self.precision]
@@ -115,8 +112,18 @@ class Recognizer:
         """
         from masterocr.decoding import decode
 
+        if images.dim() == 5:  # (B, 4, C, H, W): each image in its four turns (orientation search)
+            batch, views = images.shape[:2]
+            flat = self.predict(images.flatten(0, 1), need_attention)  # B * 4 readings
+            out = []
+            for i in range(batch):
+                group = flat[i * views:(i + 1) * views]
+                best = max(range(views), key=lambda v: group[v].confidence)  # the most confident turn
+                group[best].orientation = ROTATIONS[best]
+                out.append(group[best])
+            return out
         if images.dim() != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+            raise ValueError(f"expected images of shape (B, C, H, W) or (B, 4, C, H, W), got {tuple(images.shape)}")
         if images.shape[0] == 0:
             return []
         with self._lock, torch.inference_mode(), self._autocast():
@@ -139,8 +146,9 @@ class Recognizer:
     # ---- reading ----
 
     def preprocess(self, source: ImageSource) -> torch.Tensor:
-        """One image -> (C, H, W) tensor. Raises ImageError naming the input."""
-        return self.transform(source)
+        """One image -> (C, H, W) tensor, or (4, C, H, W) with orientation "auto". Raises ImageError naming
+        the input."""
+        return self._input(source)
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
              on_error: str = "auto") -> ReadResult | list[ReadResult]:
@@ -154,12 +162,14 @@ class Recognizer:
 
     def predict_batch(self, prepared: list[torch.Tensor], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
-        return self.predict(torch.stack(prepared), need_attention)  # (B, C, H, W)
+        return self.predict(torch.stack(prepared), need_attention)  # (B, C, H, W) or (B, 4, C, H, W)
 
     def __repr__(self) -> str:
         name = self.model_cfg.get("name", type(self.model).__name__)
         return (f"Recognizer({name}, img_size={self.img_size}, keep_aspect={self.keep_aspect}, "
-                f"charset={len(self.tokenizer.charset)} chars, device={self.device}, decode={self.decode_method})")
+                f"charset={len(self.tokenizer.charset)} chars, device={self.device}, decode={self.decode_method}, "
+                f"orientation={self.orientation})")
+
 
 
 def default_model_name() -> str:
@@ -207,10 +217,12 @@ def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
 
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
-         batch_size: int = 32, precision: str = "fp32", use_ema: bool = True) -> Recognizer:
+         batch_size: int = 32, precision: str = "fp32", use_ema: bool = True,
+         orientation: str = "upright") -> Recognizer:
     """A Recognizer from a bundled model name, a .safetensors file or a training checkpoint (.ckpt).
 
     Without a name, the bundled model is used (an error says how to pass a path when none is bundled).
+    orientation="auto" reads every image in its four turns and keeps the most confident reading.
     """
     from masterocr.models.layers import fold_batchnorm
     from masterocr.weights import load_model
@@ -225,7 +237,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     if keep_aspect is None:
         keep_aspect = stored_keep_aspect(name_or_path)
     return Recognizer(model, model_cfg, device=device, decode_method=decode_method, beam_width=beam_width,
-                      keep_aspect=keep_aspect, batch_size=batch_size, precision=precision)
+                      keep_aspect=keep_aspect, batch_size=batch_size, precision=precision, orientation=orientation)
 
 
 # ---- attention pictures ---------------------------------------------------------------------------------

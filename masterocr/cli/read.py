@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--decode", default="greedy", choices=["greedy", "beam"])
     p.add_argument("--beam-width", type=int, default=5)
+    p.add_argument("--orientation", default="upright", choices=["upright", "auto"],
+                   help="auto: read each image in its four turns (0/90/180/270) and keep the most confident "
+                        "reading (4x the model work; JSON gives the turn as `orientation`); default upright")
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="write per image a PNG of the decoder attention for each character")
     p.set_defaults(func=run)
@@ -68,13 +71,14 @@ def _attention_name(path: str, used: set[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from masterocr.data.image import ImageError, load_image
+    from masterocr.data.image import ImageError, load_image, rotate_image
     from masterocr.recognizer import attention_figure, load
 
     paths, failed = expand_inputs(args.inputs)
     for message in failed:
         print(f"masterocr read: {message}", file=sys.stderr)
-    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width)
+    rec = load(args.model, device=args.device, decode_method=args.decode, beam_width=args.beam_width,
+               orientation=args.orientation)
     out_dir = Path(args.attention) if args.attention else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,16 +102,19 @@ def run(args: argparse.Namespace) -> int:
         results = rec.predict(torch.stack(tensors))  # (B, C, H, W) -> B readings
         for path, img, r in zip(names, images, results):
             if args.json:
-                print(json.dumps({"path": path, "text": r.text, "confidence": round(r.confidence, 6),
-                                  "chars": list(r.text), "char_probs": [round(p, 6) for p in r.char_probs]},
-                                 ensure_ascii=False))
+                record = {"path": path, "text": r.text, "confidence": round(r.confidence, 6),
+                          "chars": list(r.text), "char_probs": [round(p, 6) for p in r.char_probs]}
+                if args.orientation == "auto":
+                    record["orientation"] = r.orientation
+                print(json.dumps(record, ensure_ascii=False))
             else:
                 print(f"{path}\t{r.text}\t{r.confidence:.4f}")
             if out_dir is not None:
                 if r.attention is None:
                     print(f"masterocr read: {path}: this model has no decoder attention to draw", file=sys.stderr)
                 else:
-                    fig = attention_figure(img, r, rec.img_size, rec.keep_aspect)
+                    # The attention belongs to the turn that was read: draw it over that turn.
+                    fig = attention_figure(rotate_image(img, r.orientation), r, rec.img_size, rec.keep_aspect)
                     fig.save(out_dir / _attention_name(path, used_names))
         sys.stdout.flush()
     if n_failed:

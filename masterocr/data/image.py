@@ -133,6 +133,33 @@ def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
     return canvas
 
 
+ROTATIONS = (0, 90, 180, 270)
+_TRANSPOSE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
+    """Rotate counter-clockwise by 0/90/180/270 degrees (no interpolation, the canvas follows the image)."""
+    degrees = int(degrees) % 360
+    if degrees == 0:
+        return img
+    if degrees not in _TRANSPOSE:
+        raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
+    return img.transpose(_TRANSPOSE[degrees])
+
+
+class Rotate:
+    """Picklable augment hook for ImageTransform: turn every image by a fixed 0/90/180/270 degrees (applied
+    before resizing, as a rotated photo would arrive)."""
+
+    def __init__(self, degrees: int):
+        self.degrees = int(degrees) % 360
+        if self.degrees not in ROTATIONS:
+            raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return rotate_image(img, self.degrees)
+
+
 def to_array(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
     """PIL -> (C, H, W) float32 array, (x/255 - mean) / std: [-1, 1] with the defaults."""
     arr = np.asarray(img)
@@ -175,6 +202,33 @@ class ImageTransform:
             img = self.augment(img)
         img = resize(img, self.height, self.width, self.keep_aspect)
         return to_array(img, self.mean, self.std)
+
+    def __call__(self, source: ImageSource) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.array(source))
+
+
+class OrientationViews:
+    """Orientation search input: one image -> its four turns (0, 90, 180, 270 degrees counter-clockwise),
+    each through `transform`, as a (4, C, H, W) array (`array`) or tensor (`__call__`). A recognizer reads all
+    four and keeps the most confident reading; `rotation` first turns the input itself (measuring)."""
+
+    def __init__(self, transform: ImageTransform, rotation: int = 0):
+        self.transform = transform
+        self.rotation = Rotate(rotation)
+
+    @property
+    def height(self) -> int:
+        return self.transform.height
+
+    @property
+    def width(self) -> int:
+        return self.transform.width
+
+    def array(self, source: ImageSource) -> np.ndarray:
+        img = self.rotation(load_image(source, grayscale=self.transform.grayscale))
+        return np.stack([self.transform.array(rotate_image(img, d)) for d in ROTATIONS])  # (4, C, H, W)
 
     def __call__(self, source: ImageSource) -> "torch.Tensor":
         import torch

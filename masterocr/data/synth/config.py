@@ -233,6 +233,7 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
         items = list(spec)
     else:
         items = [spec]
+    items = _group_overrides(items)
     for item in items:
         try:
             if isinstance(item, SynthConfig):
@@ -247,6 +248,17 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
                 update = OmegaConf.load(PRESET_DIR / f"{item}.yaml")
             elif isinstance(item, str) and "=" in item:
                 update = OmegaConf.from_dotlist([item])
+            elif isinstance(item, _Overrides):
+                try:
+                    base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(item)))
+                except OmegaConfBaseException:  # merge one by one, so the message names the culprit
+                    for one in item:
+                        try:
+                            base = OmegaConf.merge(base, OmegaConf.from_dotlist([one]))
+                        except OmegaConfBaseException as e:
+                            raise ValueError(f"synth config {one!r}: {e}".split("\n")[0]) from None
+                    raise
+                continue
             else:
                 raise ValueError(f"synth config {item!r}: not a file, a preset ({', '.join(presets())}), "
                                  "a dict or a key=value override")
@@ -256,6 +268,23 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
     cfg = OmegaConf.to_object(base)
     _validate(cfg)
     return cfg  # type: ignore[return-value]
+
+
+class _Overrides(tuple):
+    """Consecutive `key=value` strings, merged at once (one merge per string costs a deep copy each)."""
+
+
+def _group_overrides(items: list) -> list:
+    out: list = []
+    for item in items:
+        dotted = isinstance(item, str) and "=" in item and not os.path.isfile(item) and item not in presets()
+        if dotted and out and isinstance(out[-1], _Overrides):
+            out[-1] = _Overrides((*out[-1], item))
+        elif dotted:
+            out.append(_Overrides((item,)))
+        else:
+            out.append(item)
+    return out
 
 
 def _validate(cfg: SynthConfig) -> None:
