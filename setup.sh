@@ -13,7 +13,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && [ -f debian-packa
   missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done | xargs)
   if [ -n "$missing" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null) \
-      || echo "setup.sh: warning: could not install Debian packages ($missing); synthetic data falls back to DejaVu" >&2
+      || echo "setup.sh: warning: could not install Debian packages ($missing); synthetic data falls back to DejaVu, the page test skips" >&2
   fi
 fi
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import string
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -25,27 +27,42 @@ BUILTIN_CHARSETS = {
     "94": string.printable[:94],
 }
 DEFAULT_MAX_LENGTH = 25
+# Named charsets shipped as files: masterocr/configs/charsets/<name>.txt (e.g. "fsns"), in either file format.
+CHARSET_DIR = Path(__file__).resolve().parent / "configs" / "charsets"
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_charsets() -> dict[str, Path]:
+    files = sorted(CHARSET_DIR.glob("*.txt")) if CHARSET_DIR.is_dir() else []
+    return {p.stem: p for p in files if p.stem not in BUILTIN_CHARSETS}
+
+
+def charset_names() -> list[str]:
+    """Every charset name load_charset resolves: the built-in strings, then the shipped files."""
+    return list(BUILTIN_CHARSETS) + list(_shipped_charsets())
+
+
+def charset_file(name: str) -> Path | None:
+    """The shipped file of a named charset, or None when `name` names none (a dict look-up: cheap per label)."""
+    return _shipped_charsets().get(name)
 
 
 def load_charset(spec: str | Sequence[str], with_space: bool = False) -> str:
-    """Resolve a charset: a built-in name ("36", "62", "94"), a file with one character per line, or a string.
+    """Resolve a charset: a built-in name ("36", "62", "94"), a shipped name ("fsns"), a file, or a string.
 
-    A file may hold thousands of characters (e.g. a Chinese list). Duplicates are removed keeping the first.
+    A file holds one character per line (thousands of CJK characters work), or is an id table in FSNS's
+    `<id>\t<char>` format (see read_id_charset; its characters are taken in id order, the null left out).
+    Duplicates are removed keeping the first.
     """
     if isinstance(spec, (list, tuple)):
         chars = "".join(spec)
     else:
         spec = str(spec)
+        named = charset_file(spec) if spec not in BUILTIN_CHARSETS else None
         if spec in BUILTIN_CHARSETS:
             chars = BUILTIN_CHARSETS[spec]
-        elif os.path.isfile(spec):
-            with open(spec, encoding="utf-8") as f:
-                # One character per line; a line holding a single space is the space character.
-                lines = [line.rstrip("\r\n") for line in f]
-            bad = [(i + 1, line) for i, line in enumerate(lines) if len(line) > 1]
-            if bad:
-                raise ValueError(f"charset file {spec}: line {bad[0][0]} holds {bad[0][1]!r}, expected one character")
-            chars = "".join(line for line in lines if line)
+        elif named is not None or os.path.isfile(spec):
+            chars = _read_charset_file(str(named or spec))
         else:
             chars = spec
     chars = unicodedata.normalize("NFC", chars)
@@ -57,13 +74,108 @@ def load_charset(spec: str | Sequence[str], with_space: bool = False) -> str:
     return unique
 
 
+@functools.lru_cache(maxsize=16)
+def _read_charset_file(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\r\n") for line in f]
+    if _is_id_table(lines):
+        return read_id_charset(path).chars
+    # One character per line; a line holding a single space is the space character.
+    bad = [(i + 1, line) for i, line in enumerate(lines) if len(line) > 1]
+    if bad:
+        raise ValueError(f"charset file {path}: line {bad[0][0]} holds {bad[0][1]!r}, expected one character "
+                         "(or an `<id><TAB><char>` line on every line, as FSNS's charset files have)")
+    return "".join(line for line in lines if line)
+
+
+# ---- id tables (FSNS's charset files) -------------------------------------------------------------------
+
+_ID_LINE = re.compile(r"(\d+)\t(.+)")
+NULL_MARK = "<nul>"  # FSNS's charset files name the padding id's character so
+
+
+def _is_id_table(lines: Sequence[str]) -> bool:
+    content = [line for line in lines if line]
+    return bool(content) and all(_ID_LINE.fullmatch(line) for line in content)
+
+
+@dataclass(frozen=True)
+class IdCharset:
+    """A charset whose file fixes each character's id: FSNS's `charset_size=134.txt` format.
+
+    Each line is `<id><TAB><char>`. Several lines may share an id: they are spellings of one class (FSNS
+    maps ' and ‘ to the id of ’, and “ ” to the id of "), and the first line of an id gives the character
+    that id decodes to, as the dataset's own decoder (tensorflow/models research/street) reads it. The
+    character `<nul>` marks the null id, which pads `image/class` to a fixed length (37 in FSNS)."""
+
+    path: str
+    id_to_char: dict[int, str]       # canonical character of each id (the null id excluded)
+    char_to_id: dict[str, int]       # every spelling, aliases included
+    null_id: int | None
+
+    @property
+    def chars(self) -> str:
+        """The canonical characters in id order: what a model trained on this data predicts."""
+        return "".join(self.id_to_char[i] for i in sorted(self.id_to_char))
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids (aliases map to their class); ValueError naming the first character outside."""
+        try:
+            return [self.char_to_id[c] for c in unicodedata.normalize("NFC", text)]
+        except KeyError as e:
+            raise ValueError(f"{text!r}: character {e.args[0]!r} is not in {self.path}") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids (null already removed) -> text; KeyError for an id the table lacks."""
+        return "".join(self.id_to_char[int(i)] for i in ids)
+
+
+@functools.lru_cache(maxsize=16)
+def read_id_charset(spec: str | os.PathLike) -> IdCharset:
+    """Read an id table from a file, or a shipped name ("fsns"). ValueError naming the file and line."""
+    path = charset_file(str(spec)) or Path(spec)
+    id_to_char: dict[int, str] = {}
+    char_to_id: dict[str, int] = {}
+    null_id = None
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            match = _ID_LINE.fullmatch(line)
+            if match is None:
+                raise ValueError(f"charset file {path}: line {lineno} is {line!r}, expected <id><TAB><char>")
+            code, char = int(match.group(1)), match.group(2)
+            if char == NULL_MARK:
+                if null_id is not None and null_id != code:
+                    raise ValueError(f"charset file {path}: line {lineno}: a second null id ({code}, "
+                                     f"the first is {null_id})")
+                null_id = code
+                continue
+            char = unicodedata.normalize("NFC", char)
+            if len(char) != 1:
+                raise ValueError(f"charset file {path}: line {lineno} maps id {code} to {char!r}, "
+                                 "expected one character")
+            if char_to_id.get(char, code) != code:
+                raise ValueError(f"charset file {path}: line {lineno}: {char!r} has id {code} and "
+                                 f"{char_to_id[char]} (an earlier line)")
+            char_to_id[char] = code
+            id_to_char.setdefault(code, char)  # the first spelling of an id is the one it decodes to
+    if null_id is not None and null_id in id_to_char:
+        raise ValueError(f"charset file {path}: id {null_id} is both the null and {id_to_char[null_id]!r}")
+    if not id_to_char:
+        raise ValueError(f"charset file {path}: no characters")
+    return IdCharset(str(path), id_to_char, char_to_id, null_id)
+
+
 def normalize_label(label: str, charset: str) -> str:
     """Canonical form of a label for training against `charset`.
 
     NFC only (never NFKD/ASCII folding, which would delete non-Latin text). If the charset has no upper-case
     letters but has lower-case ones, the label is lower-cased, as a case-insensitive model is trained.
     """
-    charset = BUILTIN_CHARSETS.get(charset, charset)  # accept a built-in name, as load_charset does
+    if charset in BUILTIN_CHARSETS or charset_file(charset) is not None:
+        charset = load_charset(charset)  # accept a name, as load_charset does
     label = unicodedata.normalize("NFC", label).strip()
     if _is_case_insensitive(charset):
         label = label.lower()

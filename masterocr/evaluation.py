@@ -4,11 +4,12 @@ The protocol (masterocr.charset.PROTOCOLS) is applied to both the label and the 
 test.py does: under "36" both are lower-cased and reduced to [0-9a-z]; samples whose label becomes empty or
 longer than `max_length` (25, as the benchmarks do) are dropped. Metrics:
 
-- accuracy: exact match after the protocol;
+- accuracy: exact match after the protocol (CRNN-Seq2Seq-OCR's "annotation precision");
 - 1 - NED per word (ICDAR 2019): NED = ED(pred, gt) / max(len(gt), len(pred)), averaged over words;
 - corpus 1 - NED (MASTER-pytorch's "edit distance accuracy"): 1 - sum(ED) / sum(len(gt));
-- character precision / recall: longest common subsequence over predicted / label characters
-  (their harmonic mean is CRNN-Seq2Seq-OCR's "character precision" 2 LCS / (len(gt) + len(pred)));
+- character precision / recall: longest common subsequence over predicted / label characters, summed over the
+  set; char F1, their harmonic mean sum(2 LCS) / sum(len(gt) + len(pred)), is CRNN-Seq2Seq-OCR's "character
+  precision" (MindSpore model zoo, crnn_seq2seq_ocr/eval.py: both sums run over the whole set, not per word);
 - confidence: the decoder's sequence probability (product of per-step probabilities incl. EOS), averaged;
 - label length: mean length of the prediction after the protocol (what strhub's table prints), with the mean
   ground-truth length kept alongside.
@@ -17,6 +18,7 @@ longer than `max_length` (25, as the benchmarks do) are dropped. Metrics:
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -140,7 +142,7 @@ class Metrics:
 
     @property
     def char_f1(self) -> float:
-        """2 LCS / (len(label) + len(pred)): CRNN-Seq2Seq-OCR's "character precision"."""
+        """sum(2 LCS) / sum(len(label) + len(pred)) over the set: CRNN-Seq2Seq-OCR's "character precision"."""
         total = self.pred_chars + self.label_chars
         return 2 * self.common_chars / total if total else math.nan
 
@@ -207,7 +209,8 @@ def combine(rows: Sequence[Metrics], name: str = "Combined") -> Metrics:
 
 # ---- the benchmark table --------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ["Dataset", "# samples", "Accuracy", "1 - NED", "Confidence", "Label length"]
+# "Accuracy" and "Char F1" are what CRNN-Seq2Seq-OCR reports as annotation and character precision.
+TABLE_COLUMNS = ["Dataset", "# samples", "Accuracy", "1 - NED", "Char F1", "Confidence", "Label length"]
 
 
 def _table_cells(m: Metrics) -> list[str]:
@@ -215,7 +218,8 @@ def _table_cells(m: Metrics) -> list[str]:
         return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
 
     length = "n/a" if math.isnan(m.label_length) else f"{m.label_length:.2f}"
-    return [m.name, str(m.num_samples), pct(m.accuracy), pct(m.one_minus_ned), pct(m.confidence), length]
+    return [m.name, str(m.num_samples), pct(m.accuracy), pct(m.one_minus_ned), pct(m.char_f1),
+            pct(m.confidence), length]
 
 
 def table_rows(rows: Sequence[Metrics], combined: bool = True) -> list[Metrics]:
@@ -409,8 +413,8 @@ def benchmark_name(path: str | os.PathLike) -> str:
     """A short row name for a dataset path: its folder name, or its parent's for split folders
     (…/IIIT5K/test -> "IIIT5K"; an LMDB tree's …/evaluation/SVT -> "SVT")."""
     p = Path(os.path.normpath(os.fspath(path)))
-    if p.name in ("labels.tsv", "labels.txt", "labels.jsonl", "gt.txt", "data.mdb"):
-        p = p.parent
+    if p.name in ("labels.tsv", "labels.txt", "labels.jsonl", "gt.txt", "data.mdb") or glob.has_magic(p.name):
+        p = p.parent  # a glob of shards (…/FSNS/test/test-*) is named by its folder
     if p.name.lower() in _SPLIT_NAMES and p.parent.name:
         return p.parent.name
     return p.name or str(p)

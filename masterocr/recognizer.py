@@ -273,12 +273,12 @@ def _attention_on_image(att: np.ndarray, img_size: tuple[int, int], keep_aspect:
     The map covers the resized (H, W) input; with keep_aspect only the left part of it holds the image
     (the rest is padding), so that part is cut out before scaling to the display size. Returns (h, w) in [0, 1].
     """
+    from masterocr.data.image import content_width
+
     height, width = img_size
-    w0, h0 = image_size
     canvas = Image.fromarray(np.asarray(att, dtype=np.float32), mode="F").resize((width, height), Image.BILINEAR)
     if keep_aspect:
-        valid = max(1, min(width, round(w0 * height / h0)))
-        canvas = canvas.crop((0, 0, valid, height))
+        canvas = canvas.crop((0, 0, content_width(image_size, height, width, keep_aspect), height))
     out = np.asarray(canvas.resize(display, Image.BILINEAR), dtype=np.float32)
     top = float(out.max())
     return out / top if top > 0 else out

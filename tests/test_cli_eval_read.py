@@ -47,7 +47,7 @@ def test_eval_cli_table_files_and_broken_image(tiny_weights, word_folder, tmp_pa
     captured = capsys.readouterr()
     assert code == 0
     rows = _table(captured.out)
-    assert rows["Dataset"] == ["# samples", "Accuracy", "1 - NED", "Confidence", "Label length"]
+    assert rows["Dataset"] == ["# samples", "Accuracy", "1 - NED", "Char F1", "Confidence", "Label length"]
     # 8 words read + the broken image scored as an empty prediction; "!?" dropped by protocol 36.
     assert rows["words"][:2] == ["9", f"{100 * 8 / 9:.2f}"]
     assert "broken.png" in captured.err and "1 unreadable" in captured.err and "1 sample(s) dropped" in captured.err

@@ -86,7 +86,7 @@ def test_build_with_charset_filter_reports_drops(tmp_path, capsys):
     assert main(["data", "build", str(folder), str(tmp_path / "o.lmdb"), "--charset", "36",
                  "--max-length", "25"]) == 0
     out = capsys.readouterr().out
-    assert "dropped 2 labels: 1 out_of_charset, 1 too_long" in out
+    assert "dropped 2 entries: 1 out_of_charset, 1 too_long" in out
     assert "wrote 1 samples" in out
 
 

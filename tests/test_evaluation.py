@@ -123,7 +123,7 @@ def test_markdown_csv_json_tables():
     b = _set("SVT", [("ok", "ok", 0.8)])
     md = format_markdown([a, b]).splitlines()
     assert [c.strip() for c in md[0].strip("|").split("|")] == [
-        "Dataset", "# samples", "Accuracy", "1 - NED", "Confidence", "Label length"]
+        "Dataset", "# samples", "Accuracy", "1 - NED", "Char F1", "Confidence", "Label length"]
     assert md[2].split("|")[1].strip() == "IIIT5K" and md[4].split("|")[1].strip() == "Combined"
     combined_cells = [c.strip() for c in md[4].strip("|").split("|")]
     assert combined_cells[1:4] == ["3", "66.67", f"{100 * (1 - (1 / 3) / 3):.2f}"]

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 
-from ..charset import BUILTIN_CHARSETS, normalize_label
+from ..charset import BUILTIN_CHARSETS, charset_names, load_charset, normalize_label
 from ..data.datasets import LMDB_LAYOUTS, MultiSourceDataset, open_dataset, write_lmdb
 from ..data.image import ImageError, load_image
 from ..data.montage import make_montage
@@ -27,10 +27,11 @@ def register(subparsers) -> None:
     actions = data.add_subparsers(dest="data_command", metavar="ACTION")
 
     build = actions.add_parser(
-        "build", help="write an LMDB from a labelled folder or label file",
-        description="Write SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines label "
-                    "file, or an LMDB) into a new LMDB at OUT. Unreadable images are skipped and listed.")
-    build.add_argument("src", help="folder with labels.tsv, a label file, or an LMDB")
+        "build", help="write an LMDB from labelled folders, label files, LMDBs or FSNS TFRecords",
+        description="Write every SRC (a folder with labels.tsv, a labels.tsv / MASTER-pytorch txt / JSON-lines "
+                    "label file, an LMDB, or FSNS TFRecords: a shard, a folder of shards or a quoted glob) into "
+                    "one new LMDB at OUT. Unreadable images and damaged records are skipped and listed.")
+    build.add_argument("src", nargs="+", help="folder with labels.tsv, a label file, an LMDB, or FSNS shards")
     build.add_argument("out", help="output LMDB directory (must not exist unless --overwrite)")
     build.add_argument("--layout", choices=sorted(LMDB_LAYOUTS), default="standard",
                        help="key layout: standard (num-samples/image-%%09d/label-%%09d) or master "
@@ -39,8 +40,8 @@ def register(subparsers) -> None:
                                             "(default: the label file's folder)")
     build.add_argument("--format", dest="label_format", choices=["tsv", "txt", "jsonl"],
                        help="label file format (default: detected)")
-    build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, a file or a "
-                                         "string), normalised for it; default: keep labels as they are")
+    build.add_argument("--charset", help="keep only labels inside this charset (36, 62, 94, fsns, a file or "
+                                         "a string), normalised for it; default: keep labels as they are")
     build.add_argument("--max-length", type=int, help="drop labels longer than this")
     build.add_argument("--no-check", action="store_true",
                        help="copy image bytes without decoding them first (faster; bad images stay in)")
@@ -50,7 +51,8 @@ def register(subparsers) -> None:
     inspect = actions.add_parser(
         "inspect", help="counts, charset coverage, label lengths and a montage of samples",
         description="Summarise a dataset (any format open_dataset reads) and draw a montage of samples.")
-    inspect.add_argument("path", help="LMDB, LMDB tree, folder with labels.tsv, or label file")
+    inspect.add_argument("path", help="LMDB, LMDB tree, folder with labels.tsv, label file, or FSNS TFRecords "
+                                      "(a shard, a folder of shards or a quoted glob)")
     inspect.add_argument("--montage", help="montage PNG to write (default: <dataset name>_montage.png in the "
                                            "current folder)")
     inspect.add_argument("--no-montage", action="store_true", help="do not draw a montage")
@@ -97,8 +99,10 @@ def run_build(args) -> int:
               file=sys.stderr)
         return 2
     start = time.perf_counter()
-    dataset = open_dataset(args.src, charset=args.charset, max_length=args.max_length,
-                           image_root=args.image_root, label_format=args.label_format)
+    opened = [open_dataset(src, charset=args.charset, max_length=args.max_length,
+                           image_root=args.image_root, label_format=args.label_format) for src in args.src]
+    dataset = opened[0] if len(opened) == 1 else MultiSourceDataset(
+        [source for part in opened for source in _sources(part)])
     report = dataset.report
     skipped: list[str] = []
 
@@ -120,10 +124,12 @@ def run_build(args) -> int:
     written = write_lmdb(args.out, samples(), layout=args.layout, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
     size_mb = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out)) / 1e6
-    print(f"read {report.total} entries from {args.src}")
+    print(f"read {report.total} entries from {', '.join(args.src)}")
     if report.dropped:
-        print(f"dropped {report.num_dropped} labels: " +
+        print(f"dropped {report.num_dropped} entries: " +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())))
+    for line in _fsns_notes(dataset):
+        print(line)
     if skipped:
         print(f"skipped {len(skipped)} unreadable images:")
         for line in skipped[:20]:
@@ -156,9 +162,11 @@ def _progress(total: int, desc: str):
 # ---- inspect --------------------------------------------------------------------------------------------
 
 def charset_coverage(labels: list[str]) -> dict[str, int]:
-    """For each built-in charset: how many labels lie wholly inside it after that charset's normalisation."""
+    """For each named charset (built-in and shipped): how many labels lie wholly inside it after that
+    charset's normalisation."""
     coverage = {}
-    for name, chars in BUILTIN_CHARSETS.items():
+    for name in charset_names():
+        chars = load_charset(name)
         allowed = frozenset(chars)
         coverage[name] = sum(1 for label in labels if allowed.issuperset(normalize_label(label, chars)))
     return coverage
@@ -179,6 +187,23 @@ def length_histogram(labels: list[str], width: int = 40, max_rows: int = 40) -> 
     return [f"  {r:>{label_w}} | {'#' * (round(width * c / peak) if c else 0):<{width}} {c}" for r, c in rows]
 
 
+def _fsns_notes(dataset) -> list[str]:
+    """FSNS sources: damaged shards, records whose image/text disagrees with their ids, views per image."""
+    lines = []
+    for name, source in _sources(dataset):
+        if not hasattr(source, "shards"):
+            continue
+        for problem in source.shard_problems:
+            lines.append(f"  damaged shard: {problem}")
+        if source.text_mismatches:
+            lines.append(f"  {len(source.text_mismatches)} record(s) of {name} whose image/text differs from the "
+                         f"class ids (labels come from the ids), e.g. {source.text_mismatches[0]}")
+        if source.views:
+            views = ", ".join(f"{v}: {n}" for v, n in sorted(source.views.items()))
+            lines.append(f"  views per image in {name} (4 x orig_width / width): {views}")
+    return lines
+
+
 def _default_montage_path(path: str) -> str:
     parts = [p for p in os.path.normpath(os.path.abspath(path)).split(os.sep) if p]
     stem = os.path.splitext(parts[-1])[0] if parts else "dataset"
@@ -194,6 +219,8 @@ def run_inspect(args) -> int:
     labels = list(dataset.labels)
     total = len(labels)
     def kind(source) -> str:
+        if hasattr(source, "shards"):
+            return f"{source.format}, {len(source.shards)} shard{'s' if len(source.shards) > 1 else ''}"
         return f"LMDB, {source.layout} layout" if hasattr(source, "layout") else f"{source.format} label file"
 
     if len(sources) == 1:
@@ -206,6 +233,8 @@ def run_inspect(args) -> int:
     if report.dropped:
         print(f"  not counted: {report.num_dropped} entries (" +
               ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) + ")")
+    for line in _fsns_notes(dataset):
+        print(line)
     if not total:
         return 1
 
@@ -215,8 +244,10 @@ def run_inspect(args) -> int:
           f"mean {statistics.fmean(lengths):.1f}, max {max(lengths)}; {len(chars)} distinct characters")
 
     print("charset coverage (labels wholly inside, after the charset's normalisation):")
-    for name, n in charset_coverage(labels).items():
-        print(f"  {name:>3}: {n:>8} ({100.0 * n / total:.1f}%)")
+    coverage = charset_coverage(labels)
+    name_width = max(len(name) for name in coverage)
+    for name, n in coverage.items():
+        print(f"  {name:>{name_width}}: {n:>8} ({100.0 * n / total:.1f}%)")
     outside = {c: n for c, n in chars.items() if c not in BUILTIN_CHARSETS["94"]}
     if outside:
         shown = ", ".join(f"{c!r} x{n}" for c, n in sorted(outside.items(), key=lambda kv: -kv[1])[:30])

@@ -9,11 +9,13 @@ import sys
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="benchmark a model: accuracy, 1 - NED, confidence, label length per dataset",
+        "eval", help="benchmark a model: accuracy, 1 - NED, char F1, confidence, label length per dataset",
         description="Evaluate MODEL (bundled name, .safetensors or training .ckpt) on each dataset under ROOT "
-                    "(a labels.tsv folder or an LMDB is one row; an LMDB tree gives one row per LMDB). Prints "
-                    "the Markdown table; --output also writes results.json, results.csv and the per-sample "
-                    "predictions. Unreadable images are reported and scored as empty predictions.")
+                    "(a labels.tsv folder, an LMDB, or FSNS TFRecords - a shard, a folder of shards or a quoted "
+                    "glob - is one row; an LMDB tree gives one row per LMDB). Prints the Markdown table; "
+                    "--output also writes results.json, results.csv and the per-sample predictions. Accuracy "
+                    "and Char F1 are what CRNN-Seq2Seq-OCR reports as annotation and character precision. "
+                    "Unreadable images are reported and scored as empty predictions.")
     p.add_argument("model", metavar="MODEL", help="bundled model name, .safetensors or .ckpt")
     p.add_argument("--data", nargs="+", required=True, metavar="ROOT", help="benchmark folders / LMDBs / trees")
     p.add_argument("--protocol", default="36", choices=["36", "62", "94", "raw"],

@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Each module defines `register(subparsers)` adding its command(s) with `func` set as default.
-COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights"]
+COMMAND_MODULES = ["data", "info", "train", "eval", "read", "metrics", "average", "import_weights", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import sys
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "metrics", help="score a prediction file against labels (accuracy, 1-NED, char precision/recall)",
+        "metrics", help="score a prediction file against labels (accuracy, 1-NED, char precision/recall/F1)",
         description="Score predictions offline. PREDICTIONS is MASTER-pytorch's predict_result.json "
                     "([{\"filename\", \"result\", \"pred_score\"}, ...]) or a TSV of file<TAB>prediction"
                     "[<TAB>confidence]. LABELS is MASTER-pytorch's label.txt ({\"ImageFile\", \"Label\"} "
@@ -62,4 +62,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"protocol {args.protocol}: {args.predictions} vs {args.labels}")
     for key, value in rows:
         print(f"{key.ljust(width)}  {value}")
+    print("(CRNN-Seq2Seq-OCR calls Accuracy \"annotation precision\" and Char F1 \"character precision\")")
     return 0

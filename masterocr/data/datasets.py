@@ -16,11 +16,14 @@ Formats read:
   * a label file, paths relative to the file's folder (or `image_root`): labels.tsv (`path<TAB>label`),
     MASTER-pytorch txt (`path,label`, split at the first comma; a tab when the file uses tabs) and JSON lines
     (`{"ImageFile": path, "Label": label}`).
+  * FSNS TFRecords (masterocr.data.fsns): a shard, a folder of shards (one source) or a glob of them, told
+    apart from other files by the CRC of the first record's header, whatever their names.
 """
 
 from __future__ import annotations
 
 import bisect
+import glob
 import hashlib
 import io
 import json
@@ -39,6 +42,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..charset import load_charset, normalize_label
 from .image import ImageError, load_image
+from .tfrecord import is_tfrecord
 
 logger = logging.getLogger(__name__)
 
@@ -523,9 +527,15 @@ def _open_sources(path: str | os.PathLike, transform: Callable | None, label_fil
                   label_format: str | None = None) -> list[tuple[str, TextImageDataset]]:
     """Detect what `path` is and open it as one or more named sources."""
     path = os.fspath(path)
+    if not os.path.exists(path) and glob.has_magic(path):
+        return _open_glob(path, transform, label_filter, image_root, label_format)
     if os.path.isfile(path):
         if os.path.basename(path) == "data.mdb":
             return [(os.path.dirname(path), LmdbDataset(path, transform, label_filter))]
+        if is_tfrecord(path):
+            from .fsns import FsnsDataset  # fsns builds on this module
+
+            return [(path, FsnsDataset(path, transform, label_filter))]
         return [(path, LabelFileDataset(path, transform, label_filter, label_format, image_root))]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
@@ -538,17 +548,40 @@ def _open_sources(path: str | os.PathLike, transform: Callable | None, label_fil
     if lmdb_dirs:
         return [(os.path.join(path, os.path.relpath(d, path)), LmdbDataset(d, transform, label_filter))
                 for d in lmdb_dirs]
+    from .fsns import FsnsDataset, shards_in
+
+    shards = shards_in(path)
+    if shards:
+        return [(path, FsnsDataset(shards, transform, label_filter, source=path))]
     raise ValueError(f"{path}: not a dataset (no data.mdb, no {'/'.join(LABEL_FILE_NAMES)}, "
-                     "and no LMDB directory below it)")
+                     "no LMDB directory below it, and no TFRecord shard in it)")
+
+
+def _open_glob(pattern: str, transform: Callable | None, label_filter: LabelFilter,
+               image_root: str | os.PathLike | None, label_format: str | None) -> list[tuple[str, TextImageDataset]]:
+    """A glob: TFRecord shards that all match make one source (FSNS's `test/test-*`); anything else is
+    opened path by path."""
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+        raise FileNotFoundError(f"{pattern}: no file matches")
+    if all(os.path.isfile(m) and is_tfrecord(m) for m in matches):
+        from .fsns import FsnsDataset
+
+        return [(pattern, FsnsDataset(matches, transform, label_filter, source=pattern))]
+    sources = []
+    for match in matches:
+        sources.extend(_open_sources(match, transform, label_filter, image_root, label_format))
+    return sources
 
 
 def open_dataset(path: str | os.PathLike, transform: Callable | None = None,
                  charset: str | Sequence[str] | None = None, max_length: int | None = None,
                  normalize: bool = True, remove_whitespace: bool = False,
                  image_root: str | os.PathLike | None = None, label_format: str | None = None):
-    """Open one path: an LMDB directory, a tree of LMDBs, a folder with labels.tsv, or a label file
-    (labels.tsv, MASTER-pytorch txt or JSON lines). A tree gives a MultiSourceDataset, anything else a
-    single TextImageDataset. Defaults keep raw labels of any length (for inspection and evaluation)."""
+    """Open one path: an LMDB directory, a tree of LMDBs, a folder with labels.tsv, a label file
+    (labels.tsv, MASTER-pytorch txt or JSON lines), or FSNS TFRecords (a shard, a folder or a glob of shards).
+    A tree gives a MultiSourceDataset, anything else a single TextImageDataset. Defaults keep raw labels of
+    any length (for inspection and evaluation)."""
     label_filter = LabelFilter(charset, max_length, normalize, remove_whitespace)
     sources = _open_sources(path, transform, label_filter, image_root, label_format)
     if len(sources) == 1 and os.path.normpath(sources[0][0]) == os.path.normpath(os.fspath(path)):

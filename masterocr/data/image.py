@@ -115,6 +115,15 @@ def load_image(source: ImageSource, grayscale: bool = False) -> Image.Image:
         raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
+def content_width(image_size: tuple[int, int], height: int, width: int, keep_aspect: bool) -> int:
+    """Columns of the (height, width) model input that `resize` fills with an image of (w, h) `image_size`:
+    all of them when stretching; with keep_aspect the scaled width (capped), the rest being padding."""
+    if not keep_aspect:
+        return width
+    w0, h0 = image_size
+    return max(1, min(width, round(w0 * height / h0)))
+
+
 def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
            fill: int | tuple[int, ...] = 0) -> Image.Image:
     """Resize to exactly (height, width).
@@ -124,7 +133,7 @@ def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
     """
     if not keep_aspect:
         return img.resize((width, height), Image.BICUBIC)
-    new_w = max(1, min(width, round(img.width * height / img.height)))
+    new_w = content_width(img.size, height, width, keep_aspect)
     scaled = img.resize((new_w, height), Image.BICUBIC)
     if new_w == width:
         return scaled
