@@ -60,12 +60,22 @@ LOADER_CHILD = textwrap.dedent("""
     it = iter(loader)
     for _ in range(warm):
         next(it)
-    t0 = time.perf_counter()
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+
+    def worker_cpu():  # user + system seconds of the worker processes, from /proc (Linux)
+        total = 0.0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    cpu0, t0 = worker_cpu(), time.perf_counter()
     for _ in range(batches):
         images = next(it)[0]
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, worker_cpu() - cpu0
     assert images.shape == (64, 3, height, width), images.shape
-    print(json.dumps({"words": batches * 64, "wall": wall}))
+    print(json.dumps({"words": batches * 64, "wall": wall, "worker_cpu": cpu}))
 """)
 
 PROFILE_CHILD = textwrap.dedent("""
@@ -187,19 +197,20 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, path in trees:
                     r = child(LOADER_CHILD, path, height, width, args.workers, args.batches, 0)
-                    results[name].append(r["words"] / r["wall"])
-                    print(f"  loader round: {name}: {r['words'] / r['wall'] / args.workers:.0f} words/s per "
-                          f"worker (load {load()})", flush=True)
+                    results[name].append((r["words"] / r["wall"] / args.workers, r["words"] / r["worker_cpu"]))
+                    print(f"  loader round: {name}: {results[name][-1][0]:.0f} words/s per worker (wall), "
+                          f"{results[name][-1][1]:.0f} per worker CPU second (load {load()})", flush=True)
             print(f"\nthrough a DataLoader ({args.workers} workers, batch 64, {height}x{width} tensors, warm "
-                  f"glyph caches, {args.batches * 64} words per round): words/s per worker, each round")
-            print("| renderer | rounds | mean per worker | total |\n|---|---|---:|---:|")
+                  f"caches, {args.batches * 64} words per round): words/s per worker by the wall clock, and "
+                  "words per CPU second of the workers (what a worker with a core of its own would render)")
+            print("| renderer | per worker, wall (rounds) | per worker CPU second (rounds) | mean per CPU second |")
+            print("|---|---|---|---:|")
             for name, rates in results.items():
-                per_worker = [r / args.workers for r in rates]
-                print(f"| {name} | {' / '.join(f'{r:.0f}' for r in per_worker)} | "
-                      f"{sum(per_worker) / len(per_worker):.0f} | {sum(rates) / len(rates):.0f} |")
+                print(f"| {name} | {' / '.join(f'{w:.0f}' for w, _ in rates)} | "
+                      f"{' / '.join(f'{c:.0f}' for _, c in rates)} | {sum(c for _, c in rates) / len(rates):.0f} |")
             if args.against:
-                old, new = (sum(results[n]) / len(results[n]) for n, _ in trees)
-                print(f"ratio this tree / {args.against}: {new / old:.2f}x")
+                old, new = (sum(c for _, c in results[n]) / len(results[n]) for n, _ in trees)
+                print(f"ratio this tree / {args.against} (per CPU second): {new / old:.2f}x")
         if "profile" not in args.skip:
             for name, path in trees:
                 rows = child(PROFILE_CHILD, path, height, width, args.profile_count, 50)
