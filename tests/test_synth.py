@@ -508,3 +508,10 @@ def test_photo_folders_give_one_size_of_each_picture(tmp_path):
     assert bg.preload() == len(bg.image_files) + 2
     with pytest.raises(ValueError, match="photo_dirs"):
         Backgrounds(BackgroundConfig(photo_dirs=[str(tmp_path / "nothing")]), ColourConfig())
+
+
+def test_classic_preset_turns_the_issue_20_appearance_off():
+    cfg = build_config("classic")
+    assert all(getattr(cfg.effects, n).p == 0 for n in ("glow", "emboss", "cast_shadow", "vertical", "orientation"))
+    assert cfg.backgrounds.weights["photo"] == 0 and cfg.fonts.group_weights["lobster"] == 0
+    assert (cfg.effects.rotation.p, cfg.effects.curve.p) == (0.5, 0.06)
