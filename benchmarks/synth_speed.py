@@ -75,7 +75,8 @@ LOADER_CHILD = textwrap.dedent("""
         images = next(it)[0]
     wall, cpu = time.perf_counter() - t0, worker_cpu() - cpu0
     assert images.shape == (64, 3, height, width), images.shape
-    print(json.dumps({"words": batches * 64, "wall": wall, "worker_cpu": cpu}))
+    import masterocr
+    print(json.dumps({"words": batches * 64, "wall": wall, "worker_cpu": cpu, "package": masterocr.__file__}))
 """)
 
 PROFILE_CHILD = textwrap.dedent("""
@@ -117,6 +118,8 @@ PROFILE_CHILD = textwrap.dedent("""
             t_on += cost(on, 10_000 + start, chunk)
             t_off += cost(off, 10_000 + start, chunk)
         rows[name] = [getattr(defaults, name).p, 1e3 * t_on / count, 1e3 * t_off / count]
+    import masterocr
+    rows["package"] = masterocr.__file__
     print(json.dumps(rows))
 """)
 
@@ -135,7 +138,9 @@ def export(ref: str, dest: str) -> str:
 
 def child(code: str, pythonpath: str, *args) -> dict:
     env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
+    # Run in the tree itself: `python -c` puts the working directory first on sys.path.
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
+                         cwd=pythonpath)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({pythonpath}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -197,6 +202,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, path in trees:
                     r = child(LOADER_CHILD, path, height, width, args.workers, args.batches, 0)
+                    assert r["package"].startswith(path), (r["package"], path)  # the tree asked for
                     results[name].append((r["words"] / r["wall"] / args.workers, r["words"] / r["worker_cpu"]))
                     print(f"  loader round: {name}: {results[name][-1][0]:.0f} words/s per worker (wall), "
                           f"{results[name][-1][1]:.0f} per worker CPU second (load {load()})", flush=True)
@@ -214,6 +220,7 @@ def main() -> None:
         if "profile" not in args.skip:
             for name, path in trees:
                 rows = child(PROFILE_CHILD, path, height, width, args.profile_count, 50)
+                assert rows.pop("package").startswith(path)  # the tree asked for
                 print(f"\nper-effect profile, {name} (ms of CPU per word incl. the {height}x{width} tensor; "
                       f"{args.profile_count} words per setting): default mix {rows.pop('default'):.3f} ms/word")
                 print("| effect | default p | forced on | forced off | marginal | expected at p |")
