@@ -4,10 +4,9 @@ Trains `masterocr train --config synth-only-tiny` (master-tiny at 32x100, batch 
 augmentation) once per variant on the same number of samples, then scores each final checkpoint on real
 benchmark crops (36-character protocol, the same evaluation path as `masterocr eval`):
 
-    engine        our engine with its default appearance model (fonts, colours, backgrounds, effects); since
-                  issue 20 the irregular-text engine (curves and circles, photographs, low resolution, ...)
-    engine-classic  the `classic` preset: the appearance before issue 20 (older effect settings, no issue-20
-                  effects, no photographs, no added display faces), on today's code
+    engine        our engine with its default appearance model (fonts, colours, backgrounds, effects)
+    engine-irregular  the `irregular` preset of issue 20: circles, photographs, neon, emboss, cast shadows,
+                  display faces, stronger geometry and low resolution
     naive         the `naive` preset of the same engine: same words, black text on white, DejaVu Sans only,
                   fixed margins, no effects (what a plain PIL renderer gives)
     engine-noctc  our engine without the auxiliary CTC loss (the joint CTC-attention ablation)
@@ -48,7 +47,7 @@ from masterocr.weights import read_checkpoint  # noqa: E402
 CONFIG = "synth-only-tiny"
 VARIANTS = {
     "engine": [],
-    "engine-classic": ["data.train.0.synthetic.config=classic"],
+    "engine-irregular": ["data.train.0.synthetic.config=irregular"],
     "naive": ["data.train.0.synthetic.config=naive"],
     "engine-noctc": ["train.aux_ctc_weight=0"],
     "naive-augment": ["data.train.0.synthetic.config=naive", "data.augment=parseq"],

@@ -510,8 +510,10 @@ def test_photo_folders_give_one_size_of_each_picture(tmp_path):
         Backgrounds(BackgroundConfig(photo_dirs=[str(tmp_path / "nothing")]), ColourConfig())
 
 
-def test_classic_preset_turns_the_issue_20_appearance_off():
-    cfg = build_config("classic")
-    assert all(getattr(cfg.effects, n).p == 0 for n in ("glow", "emboss", "cast_shadow", "vertical", "orientation"))
-    assert cfg.backgrounds.weights["photo"] == 0 and cfg.fonts.group_weights["lobster"] == 0
-    assert (cfg.effects.rotation.p, cfg.effects.curve.p) == (0.5, 0.06)
+def test_irregular_preset_turns_the_issue_20_appearance_on_and_defaults_keep_it_off():
+    default, irregular = build_config(), build_config("irregular")
+    for name in ("glow", "emboss", "cast_shadow"):
+        assert getattr(default.effects, name).p == 0 < getattr(irregular.effects, name).p
+    assert default.backgrounds.weights["photo"] == 0 < irregular.backgrounds.weights["photo"]
+    assert default.fonts.group_weights["lobster"] == 0 < irregular.fonts.group_weights["lobster"]
+    assert (irregular.effects.rotation.p, irregular.effects.curve.p) == (1.0, 0.12)
