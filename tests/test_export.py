@@ -95,7 +95,9 @@ def test_export_writes_checked_graphs_with_metadata(export_dir, tiny_weights):
     assert meta["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" and meta["max_label_length"] == 8
     assert meta["img_size"] == [32, 64] and meta["keep_aspect"] is False and meta["in_channels"] == 3
     assert (meta["mean"], meta["std"], meta["pad"], meta["width_step"]) == (0.5, 0.5, "zero", 0)
-    assert meta["max_steps"] == 9 and meta["decoding_defaults"] == {"method": "greedy", "beam_width": 5}
+    assert meta["max_steps"] == 9 and meta["num_classes"] == 37
+    assert meta["decoding_defaults"] == {"method": "greedy", "beam_width": 5, "refine_iters": 0}
+    assert meta["decoder"]["kind"] == "transformer" and meta["cache"] == "concat"
     assert meta["precision"] == "fp32" and meta["opset"] == 18 and meta["model_config"]["d_model"] == cfg["d_model"]
     assert meta["width_range"][0] <= 64 <= meta["width_range"][1] and meta["feature_height"] == 4
     # Dynamic batch and width in the graphs themselves.
@@ -106,8 +108,9 @@ def test_export_writes_checked_graphs_with_metadata(export_dir, tiny_weights):
 def test_export_refusals(tiny_weights, tmp_path, capsys):
     from masterocr.export import ExportError, exporter_for
 
-    with pytest.raises(ExportError, match="'crnn' cannot be exported.*exportable models: master"):
-        exporter_for("crnn")
+    with pytest.raises(ExportError, match="'nosuch' cannot be exported.*exportable models: crnn, master, parseq, "
+                                          "seq2seq, trba, vitstr"):
+        exporter_for("nosuch")
     assert _cli("export", tiny_weights, "-o", tmp_path / "x", "--opset", "9") == 2
     assert "opset 9 is not supported" in capsys.readouterr().err
     test_split = tmp_path / "IIIT5K" / "test"

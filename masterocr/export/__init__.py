@@ -1,10 +1,18 @@
 """torch -> ONNX: `export_model(weights, out_dir)` writes an export folder the torch-free runtime reads.
 
 Each model family states how it exports in one file, `export/<family>.py`, registered in EXPORTERS by the model
-config's `name`. An exporter receives the loaded model and the metadata common to every graph, writes its graphs
-as plain ONNX files and returns {role: path}; this module then writes the metadata into each graph, runs the
-ONNX checker and, with int8=True, quantizes them (export/quantize.py). The folder format is described in
-masterocr/runtime/format.py.
+config's `name` (what each writes is in its docstring):
+
+    master, parseq   encoder + decoder step with a key/value cache (+ a refinement graph for PARSeq's NAR and
+                     cloze passes)
+    trba, seq2seq    encoder + decoder step over the recurrent state (TPS and BiLSTMs inside the encoder)
+    vitstr           one graph: images -> logits of every position
+    crnn             one graph: images -> CTC frame logits (dynamic width)
+
+An exporter receives the loaded model and the metadata common to every graph, writes its graphs as plain ONNX
+files and returns {role: path}; this module then writes the metadata into each graph, runs the ONNX checker
+and, with int8=True, quantizes them (export/quantize.py). The folder format is described in
+masterocr/runtime/format.py. A family without an exporter is refused with the list of those that have one.
 """
 
 from __future__ import annotations
@@ -21,9 +29,14 @@ from typing import Any, Sequence
 from masterocr.runtime.format import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, GRAPH_FILES, MAX_OPSET, METADATA_KEY, \
     MIN_OPSET
 
-# model config name -> "module:function"(model, model_cfg, out_dir, metadata, opset) -> {role: path}
+# model config name -> "module:function"(model, metadata, out_dir, opset, cache) -> {role: path}
 EXPORTERS: dict[str, str] = {
     "master": "masterocr.export.master:export_master",
+    "parseq": "masterocr.export.parseq:export_parseq",
+    "vitstr": "masterocr.export.vitstr:export_vitstr",
+    "crnn": "masterocr.export.crnn:export_crnn",
+    "trba": "masterocr.export.trba:export_trba",
+    "seq2seq": "masterocr.export.trba:export_trba",
 }
 FORMATS = ("onnx",)
 
@@ -89,7 +102,7 @@ def check_graph(path: Path) -> None:
 
 
 def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx",
-                 int8: bool = False, opset: int = DEFAULT_OPSET, cache: str = "concat",
+                 int8: bool = False, opset: int = DEFAULT_OPSET, cache: str | None = None,
                  calibration: Sequence[str | os.PathLike] | None = None, calibration_count: int = 256,
                  use_ema: bool = True, keep_aspect: bool | None = None) -> ExportResult:
     """Export weights (bundled name, .safetensors, .ckpt) to `out_dir` (created; its graphs are replaced).
@@ -97,11 +110,13 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
     int8: quantize the graphs (export/quantize.py); `calibration` names image folders/datasets from a
     training split for the static quantization of convolutions (none: convolutions stay fp32). With int8, the
     source may also be an fp32 export folder: its graphs are quantized into `out_dir` without torch export.
-    cache: the decoder step's self-attention cache layout ("concat" or "fixed", see runtime/format.py).
+    cache: the decoder step's self-attention cache layout of a transformer decoder ("concat", the default, or
+    "fixed", see runtime/format.py); models without a key/value cache refuse a layout.
     """
     import torch
 
     from masterocr import __version__
+    from masterocr.decoding import default_refine_iters
     from masterocr.models.layers import fold_batchnorm
     from masterocr.recognizer import stored_preprocessing
     from masterocr.weights import load_model, resolve_model_config
@@ -138,6 +153,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         "masterocr_version": __version__,
         "charset": model.tokenizer.charset,
         "max_label_length": int(model.tokenizer.max_length),
+        "num_classes": int(model.num_classes),
         "img_size": [int(v) for v in model.img_size],
         "in_channels": int(model.in_channels),
         "keep_aspect": bool(keep_aspect),
@@ -145,7 +161,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         "width_step": int(stored.get("width_step", 0)),
         "mean": float(defaults.mean),
         "std": float(defaults.std),
-        "decoding_defaults": {"method": "greedy", "beam_width": 5},
+        "decoding_defaults": {"method": "greedy", "beam_width": 5, "refine_iters": default_refine_iters(model)},
         "precision": "fp32",
         "opset": int(opset),
         "model_config": resolve_model_config(model_cfg),
