@@ -22,7 +22,8 @@ export files' sizes are listed. --levers times ONNX Runtime options on the bundl
     python benchmarks/runtime.py --models parseq vitstr crnn trba seq2seq-fsns --repeats 3
     python benchmarks/runtime.py --levers         # what each ONNX Runtime option buys
 
-int8 exports are calibrated on IIIT5K/train (256 images); without ../shared/data, on rendered words.
+int8 exports are calibrated on IIIT5K/train (256 images; without ../shared/data, on rendered words); with
+--calibration none their convolutions stay fp32 (what english_g2 measures better with, see the README).
 """
 
 from __future__ import annotations
@@ -397,6 +398,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levers", action="store_true", help="time ONNX Runtime options on the bundled model")
     parser.add_argument("--exports", metavar="DIR", help="keep the exports here and reuse them in later runs")
+    parser.add_argument("--calibration", default="auto",
+                        help="int8 static convolutions calibrated on these images (auto: IIIT5K/train), or none")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import platform
@@ -409,7 +412,8 @@ def main() -> None:
     tmp = args.exports or tempfile.mkdtemp(prefix="masterocr-runtime-bench-")
     os.makedirs(tmp, exist_ok=True)
     try:
-        calibration = calibration_source(tmp)
+        calibration = calibration_source(tmp) if args.calibration == "auto" else (
+            None if args.calibration == "none" else [args.calibration])
         (levers if args.levers else table)(args, tmp, calibration)
     finally:
         if not args.exports:

@@ -245,6 +245,26 @@ def test_int8_export_quantizes_and_reads(int8_dir, export_dir):
     assert sum(t == w for t, w in zip(texts, WORDS)) >= len(WORDS) - 1, texts
 
 
+def test_int8_convolutions_only(export_dir, train_images, tmp_path, capsys):
+    """--int8-ops conv: the calibrated convolutions int8, the attention projections and the step fp32."""
+    import masterocr
+
+    out = tmp_path / "conv-int8"
+    assert _cli("export", export_dir, "-o", out, "--int8", "--int8-ops", "conv", "--calibration", train_images,
+                "--calibration-count", 16) == 0
+    meta = _metadata(out / "encoder.onnx")
+    assert meta["quantization"]["summary"] == "fp32 MatMul, int8 Conv"
+    encoder_ops = {n.op_type for n in onnx.load(str(out / "encoder.onnx")).graph.node}
+    step_ops = {n.op_type for n in onnx.load(str(out / "decoder_step.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= encoder_ops
+    assert not (encoder_ops | step_ops) & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+    texts = [r.text for r in masterocr.load(out).read([render_word(w) for w in WORDS])]
+    assert sum(t == w for t, w in zip(texts, WORDS)) >= len(WORDS) - 1, texts
+    capsys.readouterr()
+    assert _cli("export", export_dir, "-o", tmp_path / "x", "--int8", "--int8-ops", "conv") == 2
+    assert "--int8-ops conv quantizes only the convolutions" in capsys.readouterr().err
+
+
 # ---- no torch --------------------------------------------------------------------------------------------
 
 BLOCK_TORCH = """

@@ -29,6 +29,10 @@ def register(subparsers) -> None:
                    help="with --int8: images of a TRAINING split (labels.tsv folder, LMDB or image folder) to "
                         "calibrate a static int8 quantization of the convolutions; without it they stay fp32")
     p.add_argument("--calibration-count", type=int, default=256, help="calibration images used (default 256)")
+    p.add_argument("--int8-ops", default="all", choices=["all", "conv"],
+                   help="with --int8: all (default: the calibrated convolutions and MatMul/Gemm/LSTM, dynamic) or "
+                        "conv (the calibrated convolutions only; the bundled model then keeps fp32's tokens on "
+                        "IIIT5K/train)")
     p.add_argument("--cache", default=None, choices=["concat", "fixed"],
                    help="key/value cache layout of a transformer decoder step (MASTER, PARSeq): concat (default: "
                         "past of t positions in, t+1 out) or fixed (max_steps slots in and out)")
@@ -38,11 +42,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from masterocr.export import export_model
 
-    if args.calibration and not args.int8:
-        raise ValueError("--calibration is used by --int8 only")
+    if (args.calibration or args.int8_ops != "all") and not args.int8:
+        raise ValueError("--calibration and --int8-ops are used by --int8 only")
     result = export_model(args.model, args.output, format=args.format, int8=args.int8, opset=args.opset,
                           cache=args.cache, calibration=args.calibration,
-                          calibration_count=args.calibration_count)
+                          calibration_count=args.calibration_count, int8_ops=args.int8_ops)
     meta = result.metadata
     for role, size in result.sizes().items():
         print(f"{result.graphs[role]}\t{role}\t{size / 1e6:.1f} MB")

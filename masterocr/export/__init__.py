@@ -104,11 +104,12 @@ def check_graph(path: Path) -> None:
 def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx",
                  int8: bool = False, opset: int = DEFAULT_OPSET, cache: str | None = None,
                  calibration: Sequence[str | os.PathLike] | None = None, calibration_count: int = 256,
-                 use_ema: bool = True, keep_aspect: bool | None = None) -> ExportResult:
+                 use_ema: bool = True, keep_aspect: bool | None = None, int8_ops: str = "all") -> ExportResult:
     """Export weights (bundled name, .safetensors, .ckpt) to `out_dir` (created; its graphs are replaced).
 
     int8: quantize the graphs (export/quantize.py); `calibration` names image folders/datasets from a
-    training split for the static quantization of convolutions (none: convolutions stay fp32). With int8, the
+    training split for the static quantization of convolutions (none: convolutions stay fp32); int8_ops
+    "conv" quantizes only those convolutions (MatMul/Gemm/LSTM stay fp32). With int8, the
     source may also be an fp32 export folder: its graphs are quantized into `out_dir` without torch export.
     cache: the decoder step's self-attention cache layout of a transformer decoder ("concat", the default, or
     "fixed", see runtime/format.py); models without a key/value cache refuse a layout.
@@ -125,6 +126,9 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         raise ExportError(f"export format {format!r}: choose one of {', '.join(FORMATS)}")
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported: the runtime reads opsets {MIN_OPSET} to {MAX_OPSET}")
+    if int8 and int8_ops == "conv" and not calibration:
+        raise ExportError("--int8-ops conv quantizes only the convolutions, statically: give calibration images "
+                          "from a training split (--calibration)")
     if calibration:
         from masterocr.export.quantize import refuse_test_split
 
@@ -133,7 +137,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
     if os.path.isdir(name_or_path):
         if not int8:
             raise ExportError(f"{name_or_path}: already an export folder (give weights, or --int8 to quantize it)")
-        return _quantize_folder(Path(name_or_path), Path(out_dir), calibration, calibration_count)
+        return _quantize_folder(Path(name_or_path), Path(out_dir), calibration, calibration_count, int8_ops)
     model, model_cfg = load_model(name_or_path, device="cpu", use_ema=use_ema)
     family = str(model_cfg.get("name", ""))
     export = exporter_for(family)
@@ -178,7 +182,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         from masterocr.export.quantize import quantize_export
 
         metadata["precision"] = "int8"
-        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
+        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count, int8_ops)
     return _finish(folder, graphs, metadata)
 
 
@@ -189,7 +193,7 @@ def _finish(folder: Path, graphs: dict[str, Path], metadata: dict) -> ExportResu
     return ExportResult(folder, graphs, metadata)
 
 
-def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: int) -> ExportResult:
+def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: int, ops: str) -> ExportResult:
     """An int8 copy of an fp32 export folder (new export id, so its graphs never pass for the source's)."""
     import shutil
 
@@ -216,7 +220,7 @@ def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: i
         graphs = {role: Path(tmp) / name for role, name in metadata["graphs"].items()}
         for role, name in metadata["graphs"].items():
             shutil.copyfile(src / name, graphs[role])
-        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
+        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count, ops)
         _finish(Path(tmp), graphs, metadata)
         final = {role: out_dir / path.name for role, path in graphs.items()}
         for role, path in graphs.items():
