@@ -11,6 +11,8 @@
                               compute, then EOS is forced at word lengths drawn from IIIT5K/train labels, as
                               benchmarks/decode.py does (PARSeq: greedy without its refinement pass, which the
                               forcing cannot steer; ViTSTR and CRNN cost the same for any word)
+Paths: torch fp32 and bf16 (autocast), ORT fp32, ORT int8 (`--int8`: calibrated convolutions and dynamic
+MatMul/Gemm/LSTM) and, when calibration images are used, ORT int8 conv (`--int8-ops conv`: the convolutions only).
 Timed: preprocessed batches to texts (encoder, decoding, reading the texts out; no attention maps). Batch 1 is
 the mean over --batch1-images single images, a larger batch the mean over --images images in batches of that
 size. Paths are interleaved (each round runs every path once) and the best round is kept, so a busy machine
@@ -174,6 +176,7 @@ class Prepared:
     weights: str
     fp32: str
     int8: str
+    int8conv: str | None  # --int8-ops conv (calibrated convolutions only), when calibration images are given
     random_weights: bool
 
 
@@ -204,8 +207,11 @@ def prepare(name: str, tmp: str, calibration: list[str]) -> Prepared:
         export_model(weights, fp32)
     if not any(Path(int8).glob("*.onnx")):
         export_model(fp32, int8, int8=True, calibration=calibration)
+    int8conv = os.path.join(tmp, f"{stem}-int8conv") if calibration else None
+    if int8conv and not any(Path(int8conv).glob("*.onnx")):
+        export_model(fp32, int8conv, int8=True, calibration=calibration, int8_ops="conv")
     print(f"exports of {name} ready in {time.time() - start:.0f} s", file=sys.stderr)
-    return Prepared(label, weights, fp32, int8, random_weights)
+    return Prepared(label, weights, fp32, int8, int8conv, random_weights)
 
 
 def size_mb(folder: str) -> str:
@@ -223,7 +229,7 @@ def table(args, tmp: str, calibration: list[str]) -> None:
     lengths = np.array(rng.choices(list(hist), weights=list(hist.values()), k=count))
     lengths[0] = round(sum(k * v for k, v in hist.items()) / sum(hist.values()))
     print(f"forced word lengths (random weights) from {source}: mean {lengths.mean():.2f}")
-    header = (f"{'model':<34}{'size':>9}{'batch':>6}{'path':>11}{'ms/img':>9}{'img/s':>8}{'x torch fp32':>14}"
+    header = (f"{'model':<34}{'size':>9}{'batch':>6}{'path':>14}{'ms/img':>9}{'img/s':>8}{'x torch fp32':>14}"
               f"{'same tokens':>13}")
     rows, sizes, notes = [], [], []
     for name in args.models:
@@ -243,12 +249,15 @@ def table(args, tmp: str, calibration: list[str]) -> None:
                 "ort fp32": ort_reader(masterocr.load(m.fp32, threads=args.threads, **refine), forced_n),
                 "ort int8": ort_reader(masterocr.load(m.int8, threads=args.threads, **refine), forced_n),
             }
+            if m.int8conv:
+                paths["ort int8 conv"] = ort_reader(masterocr.load(m.int8conv, threads=args.threads, **refine),
+                                                    forced_n)
             batches = workload(fp32, batch, n, m.random_weights)
             best, tokens = time_paths(paths, batches, args.repeats if batch == 1 else max(1, args.repeats // 2))
             pad = getattr(torch_rec.tokenizer, "pad_id", 0)
             for path, seconds in best.items():
                 same = sum(same_tokens(a, b, pad) for a, b in zip(tokens[path], tokens["torch fp32"]))
-                rows.append(f"{m.label:<34}{size:>9}{batch:>6}{path:>11}{1000 * seconds / n:>9.1f}"
+                rows.append(f"{m.label:<34}{size:>9}{batch:>6}{path:>14}{1000 * seconds / n:>9.1f}"
                             f"{n / seconds:>8.1f}{best['torch fp32'] / seconds:>13.2f}x{same:>8}/{n:<4}")
                 print(rows[-1], file=sys.stderr, flush=True)
                 if "easyocr" in m.label and batch in EASYOCR:
@@ -264,7 +273,8 @@ def table(args, tmp: str, calibration: list[str]) -> None:
         print("\n".join(["", "against EasyOCR's own figures:"] + notes))
     print("\nexport sizes:")
     for m in sizes:
-        print(f"  {m.label:<34} fp32 {size_mb(m.fp32):<48} int8 {size_mb(m.int8)}")
+        print(f"  {m.label:<34} fp32 {size_mb(m.fp32):<48} int8 {size_mb(m.int8)}"
+              + (f"  int8 conv {size_mb(m.int8conv)}" if m.int8conv else ""))
 
 
 # ---- levers ---------------------------------------------------------------------------------------------
@@ -323,19 +333,17 @@ def levers(args, tmp: str, calibration: list[str]) -> None:
     export_model(fp32, enc_int8, int8=True)  # no calibration: convolutions fp32, MatMul int8
     int8 = os.path.join(tmp, "int8")
     export_model(fp32, int8, int8=True, calibration=calibration)
+    int8conv = os.path.join(tmp, "int8conv")
+    export_model(fp32, int8conv, int8=True, calibration=calibration, int8_ops="conv")
     t = args.threads
 
     def rec(folder, **opts):
         return OnnxRecognizer(folder, options=SessionOptions(**{"threads": t, **opts}))
 
     def reader(r, step=None):
-        from masterocr.runtime import decoding
-
-        def run(images):
-            memory_kv = r.encoder.run(r._memory_outputs, {"images": images})
-            ids, probs, _ = decoding.greedy(step or r.step, memory_kv, r.spec, r.spec.max_steps, False)
-            return decoding.finish(ids, probs, None, r.spec, (1, 1))[0]
-        return run
+        if step is not None:
+            r.step = step
+        return ort_reader(r, None)
 
     base = rec(fp32)
     # Step graph through ONNX Runtime's transformer optimizer (it fuses what it recognises: here only the
@@ -359,6 +367,7 @@ def levers(args, tmp: str, calibration: list[str]) -> None:
     int8_rec = rec(int8)
     mixed = rec(int8)  # int8 encoder, fp32 decoder step
     mixed.step = base.step
+    bound = rec(fp32)
     variants = {
         "ort fp32 (all opts, 2 thr, no spin)": reader(base),
         "  optimization basic": reader(rec(fp32, optimization="basic")),
@@ -367,24 +376,54 @@ def levers(args, tmp: str, calibration: list[str]) -> None:
         "  spinning threads": reader(rec(fp32, spinning=True)),
         "  1 thread": reader(rec(fp32, threads=1)),
         "  fixed-size cache": reader(rec(fixed)),
-        "  io binding (OrtValue cache)": reader(base, BoundStep(base.step.session, base.io)),
+        "  io binding (OrtValue cache)": reader(bound, BoundStep(bound.step.session, bound.io)),
         "  step fused (transformers optimizer)": reader(fused),
         "  fp16 encoder": reader(fp16),
+        "  denormals as zero": reader(rec(fp32, config={"session.set_denormal_as_zero": "1"})),
         "int8 MatMul only (conv fp32)": reader(rec(enc_int8)),
         "int8 static conv + MatMul": reader(int8_rec),
         "int8 encoder, fp32 step": reader(mixed),
+        "int8 conv only (--int8-ops conv)": reader(rec(int8conv)),
     }
     torch_rec = masterocr.load("master-small")
-    variants["torch fp32"] = torch_reader(torch_rec.model, None, False)
+    variants["torch fp32"] = torch_reader(torch_rec, None, False)
+    breakdown(base, int8_rec, rec(int8conv), args)
     for batch in args.batches:
         batches = workload(base, batch, args.batch1_images if batch == 1 else max(args.images, batch), False)
         best, tokens = time_paths(variants, batches, args.repeats if batch == 1 else max(1, args.repeats // 2))
         print(f"\nmaster-small 32x100, batch {batch}, load average {os.getloadavg()[0]:.2f}")
+        n = sum(len(b) for b in batches)
         for name, seconds in best.items():
-            same = same_tokens(tokens[name], tokens["torch fp32"], torch_rec.tokenizer.pad_id)
-            print(f"  {name:<40}{1000 * seconds / batch:>9.2f} ms/img{batch / seconds:>9.1f} img/s"
+            same = sum(same_tokens(a, b, torch_rec.tokenizer.pad_id) for a, b in zip(tokens[name], tokens["torch fp32"]))
+            print(f"  {name:<40}{1000 * seconds / n:>9.2f} ms/img{n / seconds:>9.1f} img/s"
                   f"{best['ort fp32 (all opts, 2 thr, no spin)'] / seconds:>7.2f}x ort fp32   "
-                  f"same tokens {same}/{batch}", flush=True)
+                  f"same tokens {same}/{n}", flush=True)
+
+
+def breakdown(fp32, int8, int8conv, args) -> None:
+    """Where batch-1 time goes: the encoder call, one decoder step, steps per image (median over images)."""
+    from masterocr.runtime import decoding
+
+    arrays = real_arrays(fp32, args.batch1_images)
+    print(f"\nbatch-1 breakdown, master-small, {args.threads} thread(s), load average {os.getloadavg()[0]:.2f}")
+    for name, r in (("ort fp32", fp32), ("ort int8 (--int8)", int8), ("ort int8 conv only", int8conv)):
+        encoder, step, steps = [], [], 0
+        for rep in range(max(1, args.repeats // 2)):
+            for a in arrays:
+                start = time.perf_counter()
+                memory = r.encoder.run(r._memory_outputs, {"images": a[None]})
+                encoder.append(time.perf_counter() - start)
+
+                def timed(*inputs):
+                    start = time.perf_counter()
+                    out = r.step(*inputs)
+                    step.append(time.perf_counter() - start)
+                    return out
+
+                ids = decoding.greedy(timed, memory, r.spec, r.spec.max_steps, False)[0]
+                steps += ids.shape[1] if rep == 0 else 0
+        print(f"  {name:<22} encoder {1000 * np.median(encoder):6.2f} ms   decoder step {1000 * np.median(step):5.2f} ms"
+              f" x {steps / len(arrays):.2f} steps per word", flush=True)
 
 
 def main() -> None:
