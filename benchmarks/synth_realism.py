@@ -5,6 +5,8 @@ augmentation) once per variant on the same number of samples, then scores each f
 benchmark crops (36-character protocol, the same evaluation path as `masterocr eval`):
 
     engine        our engine with its default appearance model (fonts, colours, backgrounds, effects)
+    engine-irregular  the `irregular` preset of issue 20: circles, photographs, neon, emboss, cast shadows,
+                  display faces, stronger geometry and low resolution
     naive         the `naive` preset of the same engine: same words, black text on white, DejaVu Sans only,
                   fixed margins, no effects (what a plain PIL renderer gives)
     engine-noctc  our engine without the auxiliary CTC loss (the joint CTC-attention ablation)
@@ -17,7 +19,8 @@ benchmark crops (36-character protocol, the same evaluation path as `masterocr e
 The last column is the validation accuracy on IIIT5K/train (a training split, allowed for validation) every
 500 steps: how soon each variant starts to read.
 
-A variant whose run folder already holds checkpoints/last.ckpt is not retrained (delete it to retrain).
+A variant whose run folder already holds a finished checkpoints/last.ckpt is not retrained (delete it to
+retrain); an interrupted one is resumed from it.
 Runs take ~25 min each for 3,000 steps on one core of the 2-core development machine.
 
     python benchmarks/synth_realism.py [--variants engine naive engine-noctc] [--steps 3000]
@@ -44,6 +47,7 @@ from masterocr.weights import read_checkpoint  # noqa: E402
 CONFIG = "synth-only-tiny"
 VARIANTS = {
     "engine": [],
+    "engine-irregular": ["data.train.0.synthetic.config=irregular"],
     "naive": ["data.train.0.synthetic.config=naive"],
     "engine-noctc": ["train.aux_ctc_weight=0"],
     "naive-augment": ["data.train.0.synthetic.config=naive", "data.augment=parseq"],
@@ -53,12 +57,14 @@ VARIANTS = {
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def train(variant: str, run_dir: Path, steps: int, seed: int | None) -> None:
+def train(variant: str, run_dir: Path, steps: int, seed: int | None, resume: Path | None = None) -> None:
     seeds = [] if seed is None else [f"train.seed={seed}", f"data.train.0.synthetic.seed={seed}"]
     cmd = [sys.executable, "-m", "masterocr.cli.main", "train", "--config", CONFIG, *VARIANTS[variant], *seeds,
            f"train.max_steps={steps}", "--output", str(run_dir)]
+    if resume is not None:  # an interrupted run continues exactly where its last checkpoint left it
+        cmd = [sys.executable, "-m", "masterocr.cli.main", "train", "--resume", str(resume)]
     print("+", " ".join(cmd), flush=True)
-    with open(run_dir.with_suffix(".log"), "w") as log:
+    with open(run_dir.with_suffix(".log"), "a" if resume else "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -103,6 +109,8 @@ def main() -> None:
         if not ckpt.exists():
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             train(variant, run_dir, args.steps, args.seed)
+        elif samples_seen(ckpt)[0] < args.steps:  # interrupted: finish it rather than score a partial run
+            train(variant, run_dir, args.steps, args.seed, resume=ckpt)
         step, seen = samples_seen(ckpt)
         result = evaluate(load(str(ckpt)), benchmarks, protocol="36", progress=False)
         cells = [variant, str(step), f"{seen:,}"]

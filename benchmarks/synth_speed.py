@@ -1,71 +1,233 @@
-"""Synthetic word rendering speed: images per second per core at 32x100 and 48x160 with the default effects.
+"""Synthetic word rendering speed: per core, through a DataLoader, and per effect; this tree against another
+commit in the same run.
 
-One process, one thread. Times are CPU seconds of this process (time.process_time), so the figures are per
-core even on a busy machine; wall-clock figures are printed beside them. "cold" is a fresh renderer drawing
-each glyph on first use; "warm" is after the glyph cache is filled (a long training run's steady state);
-"+tensor" adds the ImageTransform (resize to HxW, normalise) that training applies.
+Three measurements (each can be skipped):
 
-    python benchmarks/synth_speed.py [--count 1000] [--charset 94] [--fonts DIR ...]
+  per core   one process, one thread, CPU seconds (time.process_time), so the figures are per core even on
+             a busy machine; "cold" is a fresh renderer drawing each glyph on first use, "warm" after the glyph
+             cache is filled (a long run's steady state), "+tensor" adds the ImageTransform training applies.
+  loader     what training sees: a DataLoader over SyntheticDataset (batch 64, the standard collate) with
+             --workers worker processes of one thread each, glyph caches warmed first; words per wall second
+             and per worker. With --against REF the same is measured for the renderer of commit REF (exported
+             to a temporary folder with `git archive`), alternating rounds REF, this tree, REF, ..., so both
+             see the same machine load.
+  profile    per effect, the marginal cost of a word with the effect forced on (p=1) against forced off
+             (p=0), all others at their defaults, the two interleaved in chunks over the same indices; and the
+             expected cost per word at the default probability (marginal x p). Also for REF with --against.
+
+The machine's load average is printed at the start and end: on a shared machine, compare ratios from one run.
+
+    python benchmarks/synth_speed.py [--against HEAD~3] [--workers 2] [--rounds 2] [--batches 60]
+        [--skip per-core loader profile] [--size 32x100]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
 
-import torch  # noqa: E402
+# Runs in a child process whose PYTHONPATH is this tree or an exported commit: only APIs both have.
+LOADER_CHILD = textwrap.dedent("""
+    import json, os, sys, time
+    import torch
+    torch.set_num_threads(1)
+    from torch.utils.data import DataLoader
+    from masterocr.data.datasets import collate
+    from masterocr.data.image import ImageTransform
+    from masterocr.data.synth import SyntheticDataset, build_fonts
 
-from masterocr.data.image import ImageTransform  # noqa: E402
-from masterocr.data.synth import SyntheticDataset  # noqa: E402
+    height, width, workers, batches, seed = (int(a) for a in sys.argv[1:6])
+    fonts = build_fonts("94")          # checked once here, passed to the workers (the font cache is on disk)
+    ds = SyntheticDataset("94", transform=ImageTransform(height, width), seed=seed, length=10**9, fonts=fonts)
+
+    def init(_):
+        torch.set_num_threads(1)
+        renderer = torch.utils.data.get_worker_info().dataset.renderer
+        getattr(renderer, "warm_up", renderer.preload_glyphs)()   # the steady state of a long run
+
+    warm = 4 * workers
+    loader = DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate, worker_init_fn=init,
+                        sampler=range(10**9), prefetch_factor=4, persistent_workers=True)
+    it = iter(loader)
+    for _ in range(warm):
+        next(it)
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+
+    def worker_cpu():  # user + system seconds of the worker processes, from /proc (Linux)
+        total = 0.0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    cpu0, t0 = worker_cpu(), time.perf_counter()
+    for _ in range(batches):
+        images = next(it)[0]
+    wall, cpu = time.perf_counter() - t0, worker_cpu() - cpu0
+    assert images.shape == (64, 3, height, width), images.shape
+    import masterocr
+    print(json.dumps({"words": batches * 64, "wall": wall, "worker_cpu": cpu, "package": masterocr.__file__}))
+""")
+
+PROFILE_CHILD = textwrap.dedent("""
+    import json, sys, time
+    import torch
+    torch.set_num_threads(1)
+    from masterocr.data.image import ImageTransform
+    from masterocr.data.synth import SyntheticDataset, build_fonts
+    from masterocr.data.synth.config import EFFECT_NAMES, build_config
+
+    height, width, count, chunk = (int(a) for a in sys.argv[1:5])
+    fonts = build_fonts("94")
+    transform = ImageTransform(height, width)
+
+    def dataset(config):
+        return SyntheticDataset("94", transform=transform, seed=0, fonts=fonts, config=config)
+
+    base = dataset(None)
+    getattr(base.renderer, "warm_up", base.renderer.preload_glyphs)()
+
+    def cost(ds, start, n):
+        t = time.process_time()
+        for i in range(start, start + n):
+            ds[i]
+        return time.process_time() - t
+
+    def default_cost():
+        total = 0.0
+        for start in range(0, count, chunk):
+            total += cost(base, 10_000 + start, chunk)
+        return 1e3 * total / count
+
+    rows = {"default": default_cost()}
+    defaults = build_config(None).effects
+    for name in EFFECT_NAMES:
+        on, off = dataset([f"effects.{name}.p=1.0"]), dataset([f"effects.{name}.p=0.0"])
+        t_on = t_off = 0.0
+        for start in range(0, count, chunk):  # interleaved: load changes hit both alike
+            t_on += cost(on, 10_000 + start, chunk)
+            t_off += cost(off, 10_000 + start, chunk)
+        rows[name] = [getattr(defaults, name).p, 1e3 * t_on / count, 1e3 * t_off / count]
+    import masterocr
+    rows["package"] = masterocr.__file__
+    print(json.dumps(rows))
+""")
 
 
-def measure(fn, n: int, start: int) -> tuple[float, float]:
-    """-> (images per CPU second, images per wall second) for fn(i), i in start .. start+n-1."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    for i in range(start, start + n):
-        fn(i)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return n / max(cpu, 1e-9), n / max(wall, 1e-9)
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def export(ref: str, dest: str) -> str:
+    """The masterocr package of commit `ref`, unpacked under `dest` (for its PYTHONPATH)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "masterocr"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return dest
+
+
+def child(code: str, pythonpath: str, *args) -> dict:
+    env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1")
+    # Run in the tree itself: `python -c` puts the working directory first on sys.path.
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
+                         cwd=pythonpath)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({pythonpath}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def per_core(args, height: int, width: int) -> None:
+    import torch
+
+    from masterocr.data.image import ImageTransform
+    from masterocr.data.synth import SyntheticDataset
+
+    torch.set_num_threads(1)
+
+    def measure(fn, n: int, start: int) -> tuple[float, float]:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for i in range(start, start + n):
+            fn(i)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        return n / max(cpu, 1e-9), n / max(wall, 1e-9)
+
+    t0 = time.perf_counter()
+    ds = SyntheticDataset("94", transform=ImageTransform(height, width), seed=0)
+    setup = time.perf_counter() - t0
+    n = args.count
+    cold = measure(ds.render, n, 0)
+    t0 = time.perf_counter()
+    ds.renderer.preload_glyphs()
+    preload = time.perf_counter() - t0
+    warm = measure(ds.render, n, n)
+    tensor = measure(ds.__getitem__, n, 2 * n)
+    print(f"\nper core ({height}x{width}, 1 process / 1 thread, {n} words per cell; words/s per CPU second, "
+          f"wall in brackets): {len(ds.renderer.fonts)} fonts, setup {setup:.1f} s, preload {preload:.1f} s")
+    print("| cold | warm | warm+tensor |\n|---:|---:|---:|")
+    print("| " + " | ".join(f"{c:.0f} ({w:.0f})" for c, w in (cold, warm, tensor)) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=1000, help="images per measurement (default 1000)")
-    parser.add_argument("--charset", default="94")
-    parser.add_argument("--fonts", action="append", help="font file/folder (default: system fonts)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--against", metavar="REF", help="also measure the renderer of this commit, alternately")
+    parser.add_argument("--size", default="32x100", help="HxW of the training tensors (default 32x100)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="loader rounds per renderer (default 2)")
+    parser.add_argument("--batches", type=int, default=60, help="timed batches of 64 per loader round")
+    parser.add_argument("--count", type=int, default=1000, help="words per per-core cell (default 1000)")
+    parser.add_argument("--profile-count", type=int, default=400, help="words per effect setting in the profile")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["per-core", "loader", "profile"])
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    height, width = (int(v) for v in args.size.lower().split("x"))
 
-    rows = []
-    for height, width in ((32, 100), (48, 160)):
-        t0 = time.perf_counter()
-        ds = SyntheticDataset(args.charset, transform=ImageTransform(height, width), seed=args.seed,
-                              fonts=args.fonts)
-        setup = time.perf_counter() - t0
-        n = args.count
-        cold = measure(ds.render, n, 0)
-        t0 = time.perf_counter()
-        glyphs = ds.renderer.preload_glyphs()
-        preload = time.perf_counter() - t0
-        warm = measure(ds.render, n, n)
-        tensor = measure(ds.__getitem__, n, 2 * n)
-        rows.append((f"{height}x{width}", len(ds.renderer.fonts), glyphs, setup, preload, cold, warm, tensor))
-
-    print(f"synthetic words, charset {args.charset}, default effects, 1 process / 1 thread, "
-          f"{args.count} images per cell; images/s per core (CPU time), wall-clock in brackets")
-    head = f"{'size':>7} | {'fonts':>5} | {'setup s':>7} | {'preload s':>9} | {'cold':>13} | {'warm':>13} | " \
-           f"{'warm+tensor':>13}"
-    print(head)
-    print("-" * len(head))
-    for size, fonts, glyphs, setup, preload, cold, warm, tensor in rows:
-        cells = " | ".join(f"{c:5.0f} ({w:5.0f})" for c, w in (cold, warm, tensor))
-        print(f"{size:>7} | {fonts:>5} | {setup:7.1f} | {preload:9.1f} | {cells}")
-    print(f"target: >= 400 images/s per core (warm+tensor / cold ratio at 32x100: "
-          f"{rows[0][7][0] / rows[0][5][0]:.2f})")
+    print(f"load average at start (1/5/15 min): {load()}; {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="synth-speed-") as tmp:
+        trees = [("this tree", str(ROOT))]
+        if args.against:
+            trees.insert(0, (args.against, export(args.against, tmp)))
+        if "per-core" not in args.skip:
+            per_core(args, height, width)
+        if "loader" not in args.skip:
+            results = {name: [] for name, _ in trees}
+            for _ in range(args.rounds):
+                for name, path in trees:
+                    r = child(LOADER_CHILD, path, height, width, args.workers, args.batches, 0)
+                    assert r["package"].startswith(path), (r["package"], path)  # the tree asked for
+                    results[name].append((r["words"] / r["wall"] / args.workers, r["words"] / r["worker_cpu"]))
+                    print(f"  loader round: {name}: {results[name][-1][0]:.0f} words/s per worker (wall), "
+                          f"{results[name][-1][1]:.0f} per worker CPU second (load {load()})", flush=True)
+            print(f"\nthrough a DataLoader ({args.workers} workers, batch 64, {height}x{width} tensors, warm "
+                  f"caches, {args.batches * 64} words per round): words/s per worker by the wall clock, and "
+                  "words per CPU second of the workers (what a worker with a core of its own would render)")
+            print("| renderer | per worker, wall (rounds) | per worker CPU second (rounds) | mean per CPU second |")
+            print("|---|---|---|---:|")
+            for name, rates in results.items():
+                print(f"| {name} | {' / '.join(f'{w:.0f}' for w, _ in rates)} | "
+                      f"{' / '.join(f'{c:.0f}' for _, c in rates)} | {sum(c for _, c in rates) / len(rates):.0f} |")
+            if args.against:
+                old, new = (sum(c for _, c in results[n]) / len(results[n]) for n, _ in trees)
+                print(f"ratio this tree / {args.against} (per CPU second): {new / old:.2f}x")
+        if "profile" not in args.skip:
+            for name, path in trees:
+                rows = child(PROFILE_CHILD, path, height, width, args.profile_count, 50)
+                assert rows.pop("package").startswith(path)  # the tree asked for
+                print(f"\nper-effect profile, {name} (ms of CPU per word incl. the {height}x{width} tensor; "
+                      f"{args.profile_count} words per setting): default mix {rows.pop('default'):.3f} ms/word")
+                print("| effect | default p | forced on | forced off | marginal | expected at p |")
+                print("|---|---:|---:|---:|---:|---:|")
+                for effect, (p, on, off) in rows.items():
+                    print(f"| {effect} | {p:.2f} | {on:.3f} | {off:.3f} | {on - off:+.3f} | {p * (on - off):+.3f} |")
+    print(f"\nload average at end: {load()}")
 
 
 if __name__ == "__main__":

@@ -524,16 +524,14 @@ class _EvalImages:
         return len(self.indices)
 
     def __getitem__(self, position: int):
-        from masterocr.data.image import ImageError, ImageTransform
+        from masterocr.data.image import ImageError
 
         try:
             data, _, name = self.dataset.raw(self.indices[position])
         except ImageError as e:  # missing file or LMDB key: the message names the sample
             return None, (str(e), getattr(e, "reason", "cannot read")), position
         try:
-            if isinstance(self.transform, ImageTransform):
-                return self.transform(data, name=name), None, position
-            return self.transform(data), None, position
+            return self.transform(data, name=name), None, position
         except ImageError as e:  # the message names the sample
             message = str(e) if str(e).startswith(name) else f"{name}: {e}"
             return None, (message, getattr(e, "reason", "cannot decode")), position
@@ -554,6 +552,8 @@ class EvalResult:
     max_length: int | None = DEFAULT_MAX_LENGTH
     errors: list[str] = field(default_factory=list)
     error_reasons: list[str] = field(default_factory=list)  # why each of `errors` happened, in a few words
+    lexicon: str | None = None      # the lexicon file predictions were snapped to, if any
+    orientation: str = "upright"
 
     @property
     def combined(self) -> Metrics:
@@ -563,8 +563,11 @@ class EvalResult:
         return format_markdown(self.rows)
 
     def to_json(self, **meta) -> dict:
+        extra = {"lexicon": self.lexicon} if self.lexicon else {}
+        if self.orientation != "upright":
+            extra["orientation"] = self.orientation
         return to_json(self.rows, protocol=self.protocol, rotation=self.rotation, max_length=self.max_length,
-                       **meta)
+                       **extra, **meta)
 
 
 def _as_recognizer(model, device=None, decode_method=None):
@@ -593,7 +596,7 @@ def _as_recognizer(model, device=None, decode_method=None):
 def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotation: int = 0,
              device=None, max_length: int | None = DEFAULT_MAX_LENGTH, decode_method: str | None = None,
              sort_by_aspect: bool | None = None, num_workers: int = 0, progress: bool = True,
-             log=None) -> EvalResult:
+             log=None, lexicon=None) -> EvalResult:
     """Evaluate a model (nn.Module or Recognizer) on benchmarks under the field's protocol.
 
     datasets: a root path or list of roots (see open_benchmarks), or (name, dataset) pairs of datasets
@@ -604,12 +607,19 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
     so similar shapes share a batch. An unreadable image is reported (log, default stderr), counted in
     `failed` and scored as an empty prediction: benchmark figures never silently exclude a sample.
     The model may also be the runtime's OnnxRecognizer (an export folder read with ONNX Runtime).
+    lexicon: a masterocr.lexicon.Lexicon (or a path to one): each reading is replaced by the nearest word of
+    its crop's lexicon (the lexicon-constrained protocol, e.g. SVT-50); a crop without a lexicon is an error.
+    A recognizer with orientation "auto" reads each image in its four turns and keeps the most confident.
     """
     from torch.utils.data import DataLoader
 
     if int(rotation) % 360 not in ROTATIONS:
         raise ValueError(f"rotation {rotation}: choose one of {ROTATIONS}")
     fn = get_protocol(protocol)
+    if lexicon is not None and not hasattr(lexicon, "snap"):
+        from masterocr.lexicon import Lexicon
+
+        lexicon = Lexicon.load(lexicon)
     rec = _as_recognizer(model, device, decode_method)
     transform = rec.make_transform(int(rotation) % 360)
     if sort_by_aspect is None:
@@ -639,6 +649,12 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
             else:
                 keep.append(i)
                 labels.append(gt)
+        if lexicon is not None:
+            for i in keep:  # every crop needs its lexicon: fail before reading, naming the first that has none
+                try:
+                    lexicon.words_for(dataset.name(i))
+                except KeyError as e:
+                    raise ValueError(f"{name}: {e.args[0]}") from None
         order = list(range(len(keep)))
         if sort_by_aspect:
             def aspect(pos: int) -> float:
@@ -674,7 +690,7 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
                     samples.append(SamplePrediction(name, file, gt, "", None, False, error))
                     continue
                 r = by_pos[pos]
-                pred = fn(r.text)
+                pred = fn(r.text) if lexicon is None else lexicon.snap(r.text, file, fn)
                 metrics.add(pred, gt, r.confidence)
                 samples.append(SamplePrediction(name, file, gt, pred, r.confidence, pred == gt))
             if bar is not None:
@@ -682,7 +698,8 @@ def evaluate(model, datasets, protocol: str = "36", batch_size: int = 64, rotati
         if bar is not None:
             bar.close()
         rows.append(metrics)
-    return EvalResult(rows, samples, str(protocol), int(rotation) % 360, max_length, errors, reasons)
+    return EvalResult(rows, samples, str(protocol), int(rotation) % 360, max_length, errors, reasons,
+                      getattr(lexicon, "source", None), getattr(rec, "orientation", "upright"))
 
 
 def write_results(results: Sequence[EvalResult], output_dir: str | os.PathLike, **meta) -> list[Path]:

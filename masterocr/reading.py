@@ -23,7 +23,8 @@ class ReadResult:
     as a (len(text), Hf, Wf) array over the model's feature map (None for models without attention).
 
     An input that could not be read gives a result with `error` set (the message names the input), empty
-    text and confidence 0, so a loop over `read([...])` never meets None.
+    text and confidence 0, so a loop over `read([...])` never meets None. `orientation`: the degrees the
+    input was turned counter-clockwise to be read (0 unless the reader searched orientations).
     """
 
     text: str
@@ -31,6 +32,7 @@ class ReadResult:
     char_probs: list[float] = field(default_factory=list)
     attention: np.ndarray | None = field(default=None, repr=False)
     error: str | None = None
+    orientation: int = 0
 
     @property
     def ok(self) -> bool:

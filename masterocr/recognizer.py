@@ -17,7 +17,8 @@ from typing import Sequence
 
 import torch
 
-from masterocr.data.image import ROTATIONS, ImageSource, ImageTransform, rotate_image  # noqa: F401 (re-exported)
+from masterocr.data.image import (ROTATIONS, ImageSource, ImageTransform, OrientationViews,  # noqa: F401
+                                  rotate_image)
 from masterocr.data.image import Rotate as _Rotate
 from masterocr.figures import attention_figure, heat_colors  # noqa: F401 (re-exported: torch-free home)
 from masterocr.reading import ReadResult, prepare, read_batched
@@ -26,6 +27,7 @@ from masterocr.reading import ReadResult, prepare, read_batched
 PREFERRED_DEFAULTS = ("master-small", "master", "master-tiny")
 DECODE_METHODS = ("greedy", "beam", "nar")
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ORIENTATIONS = ("upright", "auto")
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -57,7 +59,7 @@ class Recognizer:
     def __init__(self, model: torch.nn.Module, model_cfg: dict | None = None, device: str | torch.device = "cpu",
                  decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
                  batch_size: int = 32, precision: str = "fp32", refine_iters: int | None = None,
-                 pad: str = "zero", width_step: int = 0):
+                 pad: str = "zero", width_step: int = 0, orientation: str = "upright"):
         from masterocr.decoding import check_decoding
 
         if decode_method not in DECODE_METHODS:
@@ -80,6 +82,7 @@ class Recognizer:
         height, width = (int(v) for v in model.img_size)
         self.transform = ImageTransform(height, width, keep_aspect=keep_aspect,
                                         grayscale=int(model.in_channels) == 1, pad=pad, width_step=width_step)
+        self.orientation = orientation
         self._lock = threading.Lock()
         self.device = torch.device("cpu")
         self.to(device)
@@ -102,16 +105,32 @@ class Recognizer:
     def keep_aspect(self) -> bool:
         return self.transform.keep_aspect
 
-    def make_transform(self, rotation: int = 0) -> ImageTransform:
-        """This recognizer's image pipeline, optionally rotating each image first (robustness tests)."""
+    @property
+    def orientation(self) -> str:
+        """"upright": read images as they are; "auto": read each in its four turns (0/90/180/270) and keep the
+        most confident reading (4x the model work), for text of unknown orientation."""
+        return self._orientation
+
+    @orientation.setter
+    def orientation(self, value: str) -> None:
+        if value not in ORIENTATIONS:
+            raise ValueError(f"orientation {value!r}: choose one of {ORIENTATIONS}")
+        self._orientation = value
+        self._input = self.make_transform()
+
+    def make_transform(self, rotation: int = 0) -> ImageTransform | OrientationViews:
+        """This recognizer's image pipeline, optionally rotating each image first (robustness tests); with
+        orientation "auto" it gives each image's four turns (see OrientationViews)."""
         t = self.transform
+        if self.orientation == "auto":
+            return OrientationViews(t, rotation)
         return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
                               augment=_Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
                               pad=t.pad, width_step=t.width_step)
 
     def collate(self, prepared: Sequence[torch.Tensor]) -> torch.Tensor:
-        """`preprocess` outputs -> one (B, C, H, W) batch; images of different widths (a transform with
-        width_step) are padded to the widest as the transform pads."""
+        """`preprocess` outputs -> one (B, C, H, W) batch, or (B, 4, C, H, W) with orientation "auto"; images
+        of different widths (a transform with width_step) are padded to the widest as the transform pads."""
         if len({t.shape[-1] for t in prepared}) <= 1:
             return torch.stack(list(prepared))
         return torch.from_numpy(self.transform.collate([t.numpy() for t in prepared]))
@@ -131,8 +150,18 @@ class Recognizer:
         """
         from masterocr.decoding import decode
 
+        if images.dim() == 5:  # (B, 4, C, H, W): each image in its four turns (orientation search)
+            batch, views = images.shape[:2]
+            flat = self.predict(images.flatten(0, 1), need_attention)  # B * 4 readings
+            out = []
+            for i in range(batch):
+                group = flat[i * views:(i + 1) * views]
+                best = max(range(views), key=lambda v: group[v].confidence)  # the most confident turn
+                group[best].orientation = ROTATIONS[best]
+                out.append(group[best])
+            return out
         if images.dim() != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+            raise ValueError(f"expected images of shape (B, C, H, W) or (B, 4, C, H, W), got {tuple(images.shape)}")
         if images.shape[0] == 0:
             return []
         with self._lock, torch.inference_mode(), self._autocast():
@@ -155,8 +184,9 @@ class Recognizer:
     # ---- reading ----
 
     def preprocess(self, source: ImageSource) -> torch.Tensor:
-        """One image -> (C, H, W) tensor. Raises ImageError naming the input."""
-        return prepare(self.transform, source)
+        """One image -> (C, H, W) tensor, or (4, C, H, W) with orientation "auto". Raises ImageError naming
+        the input."""
+        return prepare(self._input, source)
 
     def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
              on_error: str = "auto") -> ReadResult | list[ReadResult]:
@@ -171,12 +201,14 @@ class Recognizer:
 
     def predict_batch(self, prepared: list[torch.Tensor], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
-        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W)
+        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W) or (B, 4, C, H, W)
 
     def __repr__(self) -> str:
         name = self.model_cfg.get("name", type(self.model).__name__)
         return (f"Recognizer({name}, img_size={self.img_size}, keep_aspect={self.keep_aspect}, "
-                f"charset={len(self.tokenizer.charset)} chars, device={self.device}, decode={self.decode_method})")
+                f"charset={len(self.tokenizer.charset)} chars, device={self.device}, decode={self.decode_method}, "
+                f"orientation={self.orientation})")
+
 
 
 def default_model_name() -> str:
@@ -242,12 +274,13 @@ def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
          batch_size: int = 32, precision: str = "fp32", use_ema: bool = True,
-         refine_iters: int | None = None) -> Recognizer:
+         refine_iters: int | None = None, orientation: str = "upright") -> Recognizer:
     """A Recognizer from a bundled model name, a .safetensors file or a training checkpoint (.ckpt).
 
     Without a name, the bundled model is used (an error says how to pass a path when none is bundled).
     decode_method: "greedy", "beam" or "nar" (models with a parallel decoder, e.g. PARSeq); refine_iters:
     cloze refinement passes after decoding (models that refine; None: the model's own default).
+    orientation="auto" reads every image in its four turns and keeps the most confident reading.
     """
     from masterocr.models.layers import fold_batchnorm
     from masterocr.weights import load_model
@@ -266,4 +299,4 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     return Recognizer(model, model_cfg, device=device, decode_method=decode_method, beam_width=beam_width,
                       keep_aspect=keep_aspect, batch_size=batch_size, precision=precision,
                       refine_iters=refine_iters, pad=stored.get("pad", "zero"),
-                      width_step=stored.get("width_step", 0))
+                      width_step=stored.get("width_step", 0), orientation=orientation)

@@ -72,7 +72,9 @@ def fit(model, images: torch.Tensor, words: list[str], steps: int = 150) -> None
     params = [p for module in fitted for p in module.parameters()]
     optimizer = torch.optim.Adam(params, lr=0.01 if recurrent else 0.05)
     targets = tok.encode(words)
-    for _ in range(steps if recurrent else 2 * steps):
+    # CTC heads fit fastest; the attention decoders (and TRBA's BiLSTMs over a random CNN's columns) need
+    # twice the steps to read words of different lengths.
+    for _ in range(steps if ctc else 2 * steps):
         if recurrent and ctc:
             logits = model.head(model.sequence(features))
         elif recurrent:

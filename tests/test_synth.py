@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from masterocr.charset import load_charset
 from masterocr.data.image import ImageTransform
@@ -415,3 +416,104 @@ def test_chinese_charset_renders_with_a_cjk_font(tmp_path):
         assert label and set(label) <= set(charset)
         seen.update(label)
     assert len(seen - set("0123456789")) >= 10  # Chinese characters were actually drawn
+
+
+# ---- issue 20: every effect seeded, deterministic, drawing every character, and switchable ----------------
+
+def _charset_chunks(charset: str, size: int = 24) -> list[str]:
+    chars = [c for c in charset if not c.isspace()]
+    return ["".join(chars[i:i + size]) for i in range(0, len(chars), size)]
+
+
+@needs_dejavu
+@pytest.mark.parametrize("name", EFFECT_NAMES)
+def test_each_effect_is_seeded_draws_every_character_and_switches_off(name, dejavu_fonts94):
+    # Everything else off, so the effect alone decides the pixels; max_degradations high enough for it.
+    quiet = [f"effects.{other}.p=0" for other in EFFECT_NAMES if other != name] + ["max_degradations=9"]
+    on = Renderer("94", config=quiet + [f"effects.{name}.p=1"], fonts=dejavu_fonts94)
+    off = Renderer("94", config=quiet + [f"effects.{name}.p=0"], fonts=dejavu_fonts94)
+    zero = Renderer("94", config=quiet + [f"effects.{name}.p=1", f"effects.{name}.strength=0"], fonts=dejavu_fonts94)
+    font = next(i for i, f in enumerate(dejavu_fonts94.fonts) if os.path.basename(f.path) == "DejaVuSans.ttf")
+    changed = 0
+    for k, chunk in enumerate(_charset_chunks(on.charset)):  # every charset character, under the effect
+        a = np.asarray(on.render_text(chunk, sample_rng(5, k), font=font))
+        b = np.asarray(on.render_text(chunk, sample_rng(5, k), font=font))
+        assert np.array_equal(a, b), f"{name}: not a pure function of the sample's seed"
+        assert a.shape[0] == 32 and a.shape[2] == 3 and a.std() > 3, f"{name}: {chunk!r} left no visible ink"
+        # Off by probability and off by strength are the same: the effect's own draws only happen when on.
+        c = np.asarray(off.render_text(chunk, sample_rng(5, k), font=font))
+        d = np.asarray(zero.render_text(chunk, sample_rng(5, k), font=font))
+        assert np.array_equal(c, d), f"{name}: p=0 and strength=0 differ"
+        changed += a.shape != c.shape or not np.array_equal(a, c)
+    assert changed >= 2, f"{name} at p=1 changed almost nothing"
+    # Per index through the dataset: the same sample in a fresh object, different ones for other indices.
+    ds = SyntheticDataset("94", seed=3, fonts=dejavu_fonts94, config=[f"effects.{name}.p=1"])
+    again = SyntheticDataset("94", seed=3, fonts=dejavu_fonts94, config=[f"effects.{name}.p=1"])
+    for i in (0, 17):
+        (img1, l1), (img2, l2) = ds.render(i), again.render(i)
+        assert l1 == l2 and np.array_equal(np.asarray(img1), np.asarray(img2))
+
+
+@needs_dejavu
+def test_orientation_and_vertical_words_keep_their_labels(dejavu_fonts94):
+    base = ["effects.rotation.p=0", "effects.perspective.p=0", "effects.shear.p=0", "effects.curve.p=0",
+            "effects.low_resolution.p=0"]
+    upright = Renderer("94", config=base, fonts=dejavu_fonts94)
+    turned = Renderer("94", config=base + ["effects.orientation.p=1"], fonts=dejavu_fonts94)
+    stacked = Renderer("94", config=base + ["effects.vertical.p=1"], fonts=dejavu_fonts94)
+    tall = 0
+    for i in range(12):
+        (a, la), (b, lb), (c, lc) = (r.render(sample_rng(4, i)) for r in (upright, turned, stacked))
+        assert la == lb == lc  # the text is drawn before any of these decisions
+        if len(la) >= 4:
+            assert c.width < c.height  # a column of letters
+            tall += b.width < b.height
+    assert tall >= 2  # 90 or 270 degrees turn long words on end (180 keeps them wide)
+
+
+@needs_dejavu
+def test_low_resolution_is_rendered_small_and_upsampled(dejavu_fonts94):
+    """Low-resolution words are drawn small and enlarged: at the output height they carry much less fine detail
+    (energy of pixel-to-pixel differences) than sharp words."""
+    base = [f"effects.{n}.p=0" for n in EFFECT_NAMES]
+    sharp = Renderer("94", height=48, config=base, fonts=dejavu_fonts94)
+    small = Renderer("94", height=48, config=base + ["effects.low_resolution.p=1",
+                                                     "effects.low_resolution.strength=0.9"], fonts=dejavu_fonts94)
+
+    def detail(img):
+        a = np.asarray(img.convert("L"), np.float32)
+        return (np.diff(a, axis=1) ** 2).mean() + (np.diff(a, axis=0) ** 2).mean()
+
+    sharp_detail = np.mean([detail(sharp.render(sample_rng(6, i))[0]) for i in range(20)])
+    small_detail = np.mean([detail(small.render(sample_rng(6, i))[0]) for i in range(20)])
+    assert small_detail < 0.75 * sharp_detail
+    assert all(small.render(sample_rng(6, i))[0].height == 48 for i in range(3))  # upsampled to the output
+
+
+def test_photo_folders_give_one_size_of_each_picture(tmp_path):
+    from masterocr.data.synth.effects import Backgrounds, find_images
+    from masterocr.data.synth.config import BackgroundConfig, ColourConfig
+
+    wall = tmp_path / "Lake" / "contents" / "images"
+    wall.mkdir(parents=True)
+    for size in ("640x480", "1280x800", "1920x1080", "1080x1920"):
+        w, h = (int(v) for v in size.split("x"))
+        Image.new("RGB", (w // 10, h // 10), (10, 120, 40)).save(wall / f"{size}.jpg")
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "street.jpg")
+    assert [os.path.basename(p) for p in find_images([str(tmp_path)])] == ["1280x800.jpg", "street.jpg"]
+    cfg = BackgroundConfig(weights={"photo": 1.0}, photo_dirs=[str(tmp_path)])
+    bg = Backgrounds(cfg, ColourConfig())
+    patch, mean = bg.sample(sample_rng(0, 1), 32, 100)
+    assert patch.shape == (32, 100, 3) and bg.kinds == ["photo"] and len(bg.photo_files) == 2
+    assert bg.preload() == len(bg.image_files) + 2
+    with pytest.raises(ValueError, match="photo_dirs"):
+        Backgrounds(BackgroundConfig(photo_dirs=[str(tmp_path / "nothing")]), ColourConfig())
+
+
+def test_irregular_preset_turns_the_issue_20_appearance_on_and_defaults_keep_it_off():
+    default, irregular = build_config(), build_config("irregular")
+    for name in ("glow", "emboss", "cast_shadow"):
+        assert getattr(default.effects, name).p == 0 < getattr(irregular.effects, name).p
+    assert default.backgrounds.weights["photo"] == 0 < irregular.backgrounds.weights["photo"]
+    assert default.fonts.group_weights["lobster"] == 0 < irregular.fonts.group_weights["lobster"]
+    assert (irregular.effects.rotation.p, irregular.effects.curve.p) == (1.0, 0.12)

@@ -524,6 +524,7 @@ def test_shipped_configs_resolve_and_gpu_recipe_holds_out_half_of_iiit5k_train(s
     data.setup("validate")
     held = data.val_sets[0][1]
     trained = data._open_source(dict(cfg.data.train[1]), None, train=True)[1]
-    assert data.val_names == ["IIIT5K-train-heldout", "SVT-train"]
+    assert data.val_names == ["IIIT5K-train-heldout", "IIIT5K-train-heldout-rot90", "IIIT5K-train-heldout-rot180",
+                              "IIIT5K-train-heldout-rot270", "SVT-train"]
     assert len(held) + len(trained) == 2000 and 900 < len(held) < 1100
     assert not {held.name(i) for i in range(len(held))} & {trained.name(i) for i in range(len(trained))}

@@ -30,6 +30,12 @@ def register(subparsers) -> None:
                    help="drop samples whose normalised label is longer (default 25, as the benchmarks; 0: none)")
     p.add_argument("--rotation", nargs="+", type=int, default=[0], choices=[0, 90, 180, 270], metavar="DEG",
                    help="evaluate on images rotated by these degrees (e.g. --rotation 90 180 270); default 0")
+    p.add_argument("--orientation", default="upright", choices=["upright", "auto"],
+                   help="auto: read each image in its four turns (0/90/180/270) and keep the most confident "
+                        "reading (4x the model work); default upright")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="snap each reading to the nearest word of a lexicon (edit distance): SVT's per-photo "
+                        "file (`<photo id> W1,W2,...`, crops named <photo id>_<n>) or one word per line")
     p.add_argument("--holdout", type=float, metavar="FRACTION",
                    help="score only the held-out part of each dataset, as a training config's "
                         "`holdout: {fraction, seed}` splits it (e.g. a model's selection set)")
@@ -55,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
 
     # Dataset filter reports are logged at INFO; show warnings (e.g. malformed label lines) only.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    lexicon = None
+    if args.lexicon:
+        from masterocr.lexicon import Lexicon
+
+        try:
+            lexicon = Lexicon.load(args.lexicon)
+        except ValueError as e:
+            print(f"masterocr eval: {e}", file=sys.stderr)
+            return 2
     holdout = None
     if args.holdout is not None:
         holdout = parse_holdout({"fraction": args.holdout, "seed": args.holdout_seed}, where="--holdout")
@@ -66,16 +81,27 @@ def run(args: argparse.Namespace) -> int:
         print("masterocr eval: error: no dataset to evaluate", file=sys.stderr)
         return 2
     rec = load_recognizer(args.model, args.backend, device=args.device, decode_method=args.decode,
-                          beam_width=args.beam_width, batch_size=args.batch_size, refine_iters=args.refine)
+                          beam_width=args.beam_width, batch_size=args.batch_size, refine_iters=args.refine,
+                          orientation=args.orientation)
     results = []
     any_failed = bool(unusable)
     for rotation in dict.fromkeys(args.rotation):
-        result = evaluate(rec, benchmarks, protocol=args.protocol, batch_size=args.batch_size,
-                          rotation=rotation, max_length=args.max_length or None,
-                          num_workers=args.num_workers, progress=not args.no_progress)
+        try:
+            result = evaluate(rec, benchmarks, protocol=args.protocol, batch_size=args.batch_size,
+                              rotation=rotation, max_length=args.max_length or None,
+                              num_workers=args.num_workers, progress=not args.no_progress, lexicon=lexicon)
+        except ValueError as e:  # e.g. a crop whose photo the lexicon does not list
+            print(f"masterocr eval: {e}", file=sys.stderr)
+            return 2
         results.append(result)
-        if len(args.rotation) > 1 or rotation:
-            print(f"\nRotation {rotation}°, protocol {args.protocol}:\n")
+        notes = [f"rotation {rotation}°"] if len(args.rotation) > 1 or rotation else []
+        if lexicon is not None:
+            notes.append(f"lexicon {args.lexicon}")
+        if args.orientation != "upright":
+            notes.append(f"orientation {args.orientation}")
+        if notes:
+            header = ", ".join(notes)
+            print(f"\n{header[0].upper()}{header[1:]}, protocol {args.protocol}:\n")
         print(result.markdown())
         failed = sum(m.failed for m in result.rows)
         dropped = sum(m.dropped for m in result.rows)

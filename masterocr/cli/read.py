@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--refine", type=non_negative_int, default=None, metavar="N",
                    help="cloze refinement passes after decoding (PARSeq; default: the model's own, 1)")
     p.add_argument("--beam-width", type=positive_int, default=5)
+    p.add_argument("--orientation", default="upright", choices=["upright", "auto"],
+                   help="auto: read each image in its four turns (0/90/180/270) and keep the most confident "
+                        "reading (4x the model work; JSON gives the turn as `orientation`); default upright")
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="write per image a PNG of the decoder attention for each character")
     p.set_defaults(func=run)
@@ -72,6 +75,8 @@ def load_recognizer(model: str | None, backend: str = "auto", **options):
         print(f"masterocr: exporting {source} to {folder} for the onnx backend", file=sys.stderr)
         export_model(source, folder)
         model = folder
+    if is_export_folder(model) and options.pop("orientation", "upright") != "upright":
+        raise ValueError("--orientation auto is not available on the onnx backend yet; use the torch backend")
     return load(model, **options)
 
 
@@ -117,7 +122,7 @@ def _attention_name(path: str, used: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterocr.data.image import ImageError, load_image
+    from masterocr.data.image import ImageError, load_image, rotate_image
     from masterocr.figures import attention_figure
 
     paths, failed = expand_inputs(args.inputs)
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"masterocr read: {message}", file=sys.stderr)
     reasons = ["no such file"] * len(failed)  # why each failed input failed, for the closing summary
     rec = load_recognizer(args.model, args.backend, device=args.device, decode_method=args.decode,
-                          beam_width=args.beam_width, refine_iters=args.refine)
+                          beam_width=args.beam_width, refine_iters=args.refine, orientation=args.orientation)
     out_dir = Path(args.attention) if args.attention else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,10 +164,13 @@ def run(args: argparse.Namespace) -> int:
                     if figure.stem != (Path(path).stem or "image"):  # another input took the plain name
                         print(f"masterocr read: {shown(path)}: attention written to {shown(figure)} "
                               f"({Path(path).stem or 'image'}.png holds another input's)", file=sys.stderr)
-                    attention_figure(img, r, rec.img_size, rec.keep_aspect).save(figure)
+                    # The attention belongs to the turn that was read: draw it over that turn.
+                    attention_figure(rotate_image(img, r.orientation), r, rec.img_size, rec.keep_aspect).save(figure)
             if args.json:
                 line = {"path": path, "text": r.text, "confidence": round(r.confidence, 6),
                         "chars": list(r.text), "char_probs": [round(p, 6) for p in r.char_probs]}
+                if args.orientation == "auto":
+                    line["orientation"] = r.orientation
                 if figure is not None:
                     line["attention"] = str(figure)
                 print(json_line(line))

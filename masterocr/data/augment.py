@@ -8,6 +8,9 @@ strength uniformly in [0, magnitude] (with a random sign for signed ops). With `
 `num_ops` distinct ops drawn at random, each then applied with its probability (RandAugment, as PARSeq);
 with `num_ops = 0` every op is tried in order with its own probability.
 
+`rotate90` (a rate) turns that share of the images by 90, 180 or 270 degrees (equally often), after the ops:
+rotated and upside-down crops, labels unchanged, so a model learns to read them.
+
 Randomness comes from the `random` module, which torch reseeds in every DataLoader worker, so workers never
 repeat each other. `seed=` gives an instance its own generator (tests, previews).
 """
@@ -21,6 +24,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from masterocr.data.image import rotate_image
 
 # Blur sizes are given for a text line this many pixels high and scaled to the image's real height.
 REFERENCE_HEIGHT = 32
@@ -263,10 +268,15 @@ class Augment:
     ops: name -> OpSpec (or (prob, magnitude), or {"prob": .., "magnitude": ..}); default: the "parseq" preset.
     max_height: images taller than this are first scaled down (keeping aspect) so the ops stay cheap; they are
     resized to the model's input height afterwards anyway. None disables.
+    rotate90: the share of images turned by 90, 180 or 270 degrees (counter-clockwise, equally often) after
+    the ops; 0 disables.
     """
 
     def __init__(self, ops: Mapping[str, OpSpec | tuple | Mapping] | None = None, num_ops: int = 3,
-                 max_height: int | None = 96, seed: int | None = None):
+                 max_height: int | None = 96, seed: int | None = None, rotate90: float = 0.0):
+        if not 0.0 <= float(rotate90) <= 1.0:
+            raise ValueError(f"rotate90 = {rotate90}: must be a rate in [0, 1]")
+        self.rotate90 = float(rotate90)
         ops = PRESETS["parseq"]["ops"] if ops is None else ops
         self.ops: dict[str, OpSpec] = {}
         for name, spec in ops.items():
@@ -289,7 +299,7 @@ class Augment:
 
     def __repr__(self) -> str:
         ops = ", ".join(f"{n}(p={s.prob:g}, m={s.magnitude:g})" for n, s in self.ops.items())
-        return f"Augment(num_ops={self.num_ops}, max_height={self.max_height}, ops=[{ops}])"
+        return f"Augment(num_ops={self.num_ops}, max_height={self.max_height}, rotate90={self.rotate90:g}, ops=[{ops}])"
 
     def apply_op(self, img: Image.Image, name: str, strength: float) -> Image.Image:
         """Apply one op at a given strength (deterministic apart from op-internal draws)."""
@@ -311,6 +321,8 @@ class Augment:
             if OPS[name][1] and rng.random() < 0.5:
                 strength = -strength
             img = OPS[name][0](img, strength, rng)
+        if self.rotate90 and rng.random() < self.rotate90:
+            img = rotate_image(img, 90 * (1 + min(int(rng.random() * 3), 2)))
         return img
 
 
@@ -328,12 +340,13 @@ def _as_spec(name: str, spec) -> OpSpec:
     raise ValueError(f"augmentation {name!r}: expected (prob, magnitude) or a mapping, got {spec!r}")
 
 
-def build_augment(cfg: str | Mapping | None | bool = "parseq", seed: int | None = None) -> Augment | None:
-    """Augment from a config: None/False/"none" -> None; a preset name; or a mapping with optional keys
-    `preset` (default "parseq"), `num_ops`, `max_height`, and `ops` overriding single ops
-    (name: {prob, magnitude}, or name: false to turn it off)."""
+def build_augment(cfg: str | Mapping | None | bool = "parseq", seed: int | None = None,
+                  rotate90: float = 0.0) -> Augment | None:
+    """Augment from a config: None/False/"none" -> None (or only the rotation when rotate90 > 0); a preset
+    name; or a mapping with optional keys `preset` (default "parseq"), `num_ops`, `max_height`, `rotate90`,
+    and `ops` overriding single ops (name: {prob, magnitude}, or name: false to turn it off)."""
     if cfg is None or cfg is False or cfg == "none":
-        return None
+        return Augment({}, num_ops=0, seed=seed, rotate90=rotate90) if rotate90 else None
     if cfg is True:
         cfg = "parseq"
     if isinstance(cfg, str):
@@ -354,7 +367,8 @@ def build_augment(cfg: str | Mapping | None | bool = "parseq", seed: int | None 
             ops[name] = spec
     num_ops = int(cfg.pop("num_ops", preset["num_ops"]))
     max_height = cfg.pop("max_height", 96)
+    rotate90 = float(cfg.pop("rotate90", rotate90))
     if cfg:
         raise ValueError(f"unknown augmentation settings {sorted(cfg)}; "
-                         "use preset, num_ops, max_height, ops")
-    return Augment(ops, num_ops=num_ops, max_height=max_height, seed=seed)
+                         "use preset, num_ops, max_height, rotate90, ops")
+    return Augment(ops, num_ops=num_ops, max_height=max_height, seed=seed, rotate90=rotate90)

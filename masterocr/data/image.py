@@ -242,13 +242,43 @@ def resize(img: Image.Image, height: int, width: int, keep_aspect: bool = False,
     return canvas
 
 
+ROTATIONS = (0, 90, 180, 270)
+_TRANSPOSE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
+    """Rotate counter-clockwise by 0/90/180/270 degrees (no interpolation, the canvas follows the image)."""
+    degrees = int(degrees) % 360
+    if degrees == 0:
+        return img
+    if degrees not in _TRANSPOSE:
+        raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
+    return img.transpose(_TRANSPOSE[degrees])
+
+
+class Rotate:
+    """Picklable augment hook for ImageTransform: turn every image by a fixed 0/90/180/270 degrees (applied
+    before resizing, as a rotated photo would arrive)."""
+
+    def __init__(self, degrees: int):
+        self.degrees = int(degrees) % 360
+        if self.degrees not in ROTATIONS:
+            raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return rotate_image(img, self.degrees)
+
+
 def to_array(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
     """PIL -> (C, H, W) float32 array, (x/255 - mean) / std: [-1, 1] with the defaults."""
-    arr = np.asarray(img, dtype=np.float32)
+    arr = np.asarray(img)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
-    return ((arr / np.float32(255.0) - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False)
+    out = arr.transpose(2, 0, 1).astype(np.float32, order="C")  # (C, H, W), one contiguous copy
+    # (x / 255 - mean) / std as one scale and one shift, in place: the loader's hot path.
+    out *= np.float32(1.0 / (255.0 * std))
+    out -= np.float32(mean / std)
+    return out
 
 
 def to_tensor(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> "torch.Tensor":
@@ -256,30 +286,6 @@ def to_tensor(img: Image.Image, mean: float = 0.5, std: float = 0.5) -> "torch.T
     import torch
 
     return torch.from_numpy(to_array(img, mean, std))
-
-
-ROTATIONS = (0, 90, 180, 270)
-
-
-def rotate_image(img: Image.Image, degrees: int) -> Image.Image:
-    """Rotate counter-clockwise by 0/90/180/270 degrees (no interpolation, the canvas follows the image)."""
-    ops = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
-    degrees = int(degrees) % 360
-    if degrees == 0:
-        return img
-    if degrees not in ops:
-        raise ValueError(f"rotation {degrees}: choose one of {ROTATIONS}")
-    return img.transpose(ops[degrees])
-
-
-class Rotate:
-    """Picklable augment hook for ImageTransform (applied before resizing): robustness tests rotate images."""
-
-    def __init__(self, degrees: int):
-        self.degrees = int(degrees)
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return rotate_image(img, self.degrees)
 
 
 class ImageTransform:
@@ -326,11 +332,39 @@ class ImageTransform:
         this transform pads (edge: their last column repeated; zero: the fill, normalised)."""
         widest = max(a.shape[-1] for a in arrays)
         out = []
-        for a in arrays:
+        for a in arrays:  # (C, H, W_i), or (views, C, H, W_i) for orientation search
             extra = widest - a.shape[-1]
             if extra:
-                widths = ((0, 0), (0, 0), (0, extra))
+                widths = ((0, 0),) * (a.ndim - 1) + ((0, extra),)
                 a = (np.pad(a, widths, mode="edge") if self.pad == "edge" else
                      np.pad(a, widths, constant_values=(0.0 - self.mean) / self.std))
             out.append(a)
         return np.stack(out).astype(np.float32, copy=False)
+
+
+class OrientationViews:
+    """Orientation search input: one image -> its four turns (0, 90, 180, 270 degrees counter-clockwise),
+    each through `transform`, as a (4, C, H, W) array (`array`) or tensor (`__call__`). A recognizer reads all
+    four and keeps the most confident reading; `rotation` first turns the input itself (measuring)."""
+
+    def __init__(self, transform: ImageTransform, rotation: int = 0):
+        self.transform = transform
+        self.rotation = Rotate(rotation)
+
+    @property
+    def height(self) -> int:
+        return self.transform.height
+
+    @property
+    def width(self) -> int:
+        return self.transform.width
+
+    def array(self, source: ImageSource, name: str | None = None) -> np.ndarray:
+        img = self.rotation(load_image(source, grayscale=self.transform.grayscale, name=name))
+        views = [self.transform.array(rotate_image(img, d)) for d in ROTATIONS]
+        return self.transform.collate(views)  # (4, C, H, W): same-width views stacked, others padded
+
+    def __call__(self, source: ImageSource, name: str | None = None) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.array(source, name))

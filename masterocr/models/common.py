@@ -1,5 +1,5 @@
 """Helpers the model packages share: reading a `model:` config section into a model's config dataclass,
-and building the feature extractor a recurrent recognizer names."""
+and building the feature extractor a recurrent recognizer names. Imports no model package."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ C = TypeVar("C")
 BACKBONES = ("vgg", "resnet")
 
 
-def config_from_model_cfg(cls: type[C], model_cfg: Mapping[str, Any] | Any, name: str) -> C:
-    """`model:` section (dict or DictConfig) -> `cls` instance. The name must be `name`; unknown keys are an
-    error naming them; lists become tuples; img_size must be [height, width]."""
+def config_from_model_cfg(cls: type[C], model_cfg: Mapping[str, Any] | Any, name: str,
+                          pairs: tuple[str, ...] = ("img_size",)) -> C:
+    """`model:` section (dict or DictConfig) -> `cls` instance, for every model family. The name must be
+    `name`; unknown keys are an error naming them; lists become tuples; each key in `pairs` must be
+    [height, width]."""
     if hasattr(model_cfg, "_metadata"):  # OmegaConf DictConfig -> plain dict
         from omegaconf import OmegaConf
         model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
@@ -26,12 +28,11 @@ def config_from_model_cfg(cls: type[C], model_cfg: Mapping[str, Any] | Any, name
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown model config key(s) {unknown} for {name!r}; known: {sorted(known)}")
-    for key, value in values.items():
-        if isinstance(value, list):
-            values[key] = tuple(value)
+    values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}
     cfg = cls(**values)
-    if len(getattr(cfg, "img_size", (0, 0))) != 2:
-        raise ValueError(f"model.img_size={cfg.img_size!r} must be [height, width]")
+    for key in pairs:
+        if len(getattr(cfg, key)) != 2:
+            raise ValueError(f"model.{key}={getattr(cfg, key)!r} must be [height, width]")
     return cfg
 
 

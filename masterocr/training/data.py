@@ -30,7 +30,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from masterocr.data.augment import build_augment
 from masterocr.data.datasets import build_dataset, collate, parse_holdout, split_held_out
-from masterocr.data.image import ImageTransform
+from masterocr.data.image import ImageTransform, Rotate
 
 logger = logging.getLogger(__name__)
 
@@ -295,8 +295,10 @@ class RecognitionData(LightningDataModule):
     training source and a validation source splits it in two, training on the rest and validating on the
     held-out part (about `fraction` of it, chosen per sample by a seeded hash of its id).
     Other keys: augment (preset name, mapping or none), keep_aspect, epoch_size, num_workers ("auto" or a
-    number), remove_whitespace, short_words_first ({steps, start_length}: synthetic labels capped at
-    start_length, growing to the full length over `steps` optimizer steps).
+    number), remove_whitespace, rotate90 (the share of training crops, real and synthetic, turned by 90, 180
+    or 270 degrees; a validation source's `rotate: DEG` turns all of it), short_words_first ({steps,
+    start_length}: synthetic labels capped at start_length, growing to the full length over `steps`
+    optimizer steps).
     """
 
     def __init__(self, config: Mapping[str, Any], tokenizer, img_size: Sequence[int], in_channels: int = 3):
@@ -317,16 +319,27 @@ class RecognitionData(LightningDataModule):
 
     # ---- building --------------------------------------------------------------------------------------
 
-    def transform(self, train: bool) -> ImageTransform:
-        augment = build_augment(self.data_cfg.get("augment", "parseq")) if train else None
+    def transform(self, train: bool, rotate: int = 0) -> ImageTransform:
+        """The training pipeline (augmentation, data.rotate90 of the crops turned), or the validation one;
+        rotate: every image turned by these degrees first (a rotated validation set)."""
+        if train:
+            augment = build_augment(self.data_cfg.get("augment", "parseq"),
+                                    rotate90=float(self.data_cfg.get("rotate90") or 0.0))
+        else:
+            augment = Rotate(rotate) if rotate % 360 else None
         return ImageTransform(*self.img_size, keep_aspect=bool(self.data_cfg.get("keep_aspect", False)),
                               grayscale=self.grayscale, augment=augment)
 
     def _open_source(self, source: Mapping[str, Any], transform: ImageTransform, train: bool) -> tuple[str, Dataset]:
-        unknown = sorted(set(source) - {"path", "weight", "synthetic", "name", "holdout"})
+        unknown = sorted(set(source) - {"path", "weight", "synthetic", "name", "holdout", "rotate"})
         if unknown:
             raise ValueError(f"data source {dict(source)!r}: unknown key(s) {unknown}; use path or synthetic, "
-                             "weight (training), name (validation) and holdout (path sources)")
+                             "weight (training), name and rotate (validation) and holdout (path sources)")
+        if source.get("rotate") is not None:
+            if train:
+                raise ValueError(f"data source {dict(source)!r}: rotate (0/90/180/270) is for validation sets; "
+                                 "training rotates a share of every source with data.rotate90")
+            transform = self.transform(train=False, rotate=int(source["rotate"]))
         if "synthetic" in source:
             from masterocr.data.synth import SyntheticDataset  # the renderer is optional until it is used
 

@@ -84,6 +84,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "num_workers": "auto",
     "prefetch_factor": 2,
     "short_words_first": None,        # {steps, start_length}: synthetic labels capped short at first
+    "rotate90": 0.0,                  # share of training crops (real and synthetic) turned 90/180/270 degrees
 }
 
 

@@ -1,5 +1,10 @@
 """Every knob of the synthetic renderer in one dataclass tree, with defaults tuned to look like cropped photos.
 
+The defaults are the appearance measured best by benchmarks/synth_realism.py. The issue-20 effects (circles,
+neon glow, emboss, cast shadows, photographs, display faces, stronger geometry and low resolution) are all
+here but mostly off or mild by default: the `irregular` preset (configs/synth/irregular.yaml) turns them on;
+it trained a small model worse at the realism check's budget (README), so it is opt-in.
+
 Each appearance effect is an `Effect(p, strength)`: applied to a sample with probability `p`, at a magnitude
 scaled by `strength` (what strength means is written next to each effect). Configs can be given as a
 SynthConfig, a nested dict, a YAML/JSON file, or `key=value` overrides (`effects.blur.p=0.5`); unknown keys are
@@ -17,6 +22,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from masterocr.config import shipped_names
+
+
+# Debian display-face packages added for issue 20 (their folders under /usr/share/fonts): weight 0 by default.
+IRREGULAR_FONT_GROUPS = (
+    "bebas-neue", "league-spartan", "lobster", "lobstertwo", "dancingscript", "kaushanscript", "leckerli-one",
+    "kristi", "comfortaa", "quicksand", "cabinsketch", "okolaks", "radisnoir", "yanone-kaffeesatz", "comic-neue",
+    "tomsontalks", "staypuft", "engadget", "dustin", "blankenburg", "f500", "ocr-a", "sixtyfour")
 
 
 @dataclass
@@ -62,8 +74,10 @@ class FontConfig:
     min_coverage: float = 0.3
     # Sampling weight of a collection (the font's folder below fonts/truetype, fonts/opentype, ..., e.g.
     # "aenigma", "dejavu"); default 1. A collection's weight is shared by its fonts, so 400 display faces
-    # do not drown 20 text faces.
-    group_weights: dict[str, float] = field(default_factory=lambda: {"aenigma": 0.8})
+    # do not drown 20 text faces. Faces rare on signs (blackletter, 8-bit, OCR, racing) weigh less.
+    # The display-face packages added for issue 20 weigh 0 by default (the `irregular` preset turns them on).
+    group_weights: dict[str, float] = field(default_factory=lambda: {
+        "aenigma": 0.8, **{group: 0.0 for group in IRREGULAR_FONT_GROUPS}})
     # Weight multipliers by file name (regular expression, case-insensitive -> factor; every match applies):
     # signs are mostly upright and heavy; hairline faces vanish under blur at 32 pixels.
     name_weights: dict[str, float] = field(default_factory=lambda: {
@@ -76,15 +90,22 @@ class FontConfig:
 
 @dataclass
 class BackgroundConfig:
-    # Relative weights of the background kinds; "image" counts only when image files are found.
+    # Relative weights of the background kinds (solid, gradient, procedural texture, photographed texture,
+    # photograph); "image" and "photo" count only when their files are found.
     weights: dict[str, float] = field(default_factory=lambda: {
-        "solid": 0.3, "gradient": 0.25, "texture": 0.3, "image": 0.15})
-    # Folders of natural images or photographed textures (crops of them become backgrounds). Empty: defaults
+        "solid": 0.3, "gradient": 0.25, "texture": 0.3, "image": 0.15, "photo": 0.0})
+    # Folders of photographed textures (crops of them, often recoloured, become backgrounds). Empty: defaults
     # that exist on this machine (the mypaint paper/canvas textures).
     image_dirs: list[str] = field(default_factory=list)
+    # Folders of photographs of scenes (crops of them, in their own colours, become backgrounds). Empty:
+    # defaults that exist on this machine (the KDE Plasma wallpapers that are photographs: their JPEGs). A folder
+    # of one picture at several sizes (1920x1080.jpg, ...) gives one, the size closest to 1280 wide.
+    photo_dirs: list[str] = field(default_factory=list)
     # Contrast of procedural textures and of natural images behind the text (0: flat, 1: full).
     texture_strength: float = 0.35
     image_strength: float = 0.6
+    # Contrast of photographs behind the text (scaled by a uniform draw in [0.5, 1]).
+    photo_strength: float = 0.9
     # Number of procedural textures generated once per process (deterministically) to crop from.
     bank_size: int = 24
 
@@ -115,6 +136,8 @@ class CropConfig:
     font_size: float = 1.1
     # Widest crop, as a multiple of the output height (very long strings are squeezed to fit).
     max_aspect: float = 16.0
+    # The smallest height a low_resolution word is rendered at, in pixels.
+    min_height: int = 6
 
 
 @dataclass
@@ -123,20 +146,36 @@ class Effects:
     kerning: Effect = field(default_factory=lambda: Effect(0.5, 0.18))
     # Per-glyph size and baseline wobble, as a fraction of the font size (hand-painted and stencil signs).
     size_jitter: Effect = field(default_factory=lambda: Effect(0.05, 0.06))
-    # Outline around the glyphs of width up to strength * font size.
+    # Outline around the glyphs of width up to strength * font size; a third of outlined words are hollow
+    # (the outline alone, the letters' inside showing the background).
     outline: Effect = field(default_factory=lambda: Effect(0.12, 0.08))
     # Drop shadow offset up to strength * font size, softly blurred.
     shadow: Effect = field(default_factory=lambda: Effect(0.15, 0.1))
+    # Neon: a bright text colour with a blurred halo of it, up to strength * text height wide, on a darkened
+    # background.
+    glow: Effect = field(default_factory=lambda: Effect(0.0, 0.25))
+    # Embossed or engraved letters: the text in the material's own colour, seen only by a highlight on one
+    # edge and a shade on the other, strength * 1 pixel (at a 32-pixel height) apart.
+    emboss: Effect = field(default_factory=lambda: Effect(0.0, 1.0))
     # A frame around the text (sign or label edge) at a margin up to strength * text height.
     border: Effect = field(default_factory=lambda: Effect(0.08, 0.5))
-    # Rotation uniform in +-strength degrees.
+    # Letters stacked top to bottom, each upright (vertical signs); strength: extra gap jitter as a fraction
+    # of the font size. Off by default; `orientation` and the training pipeline's rotation turn whole words.
+    vertical: Effect = field(default_factory=lambda: Effect(0.0, 0.15))
+    # Small rotation uniform in +-strength degrees (real crops are never quite level).
     rotation: Effect = field(default_factory=lambda: Effect(0.5, 6.0))
+    # The whole word turned by 90, 180 or 270 degrees (equally often) at rate p, label unchanged; strength
+    # is unused (0 switches it off). Off by default: training recipes rotate in the pipeline instead
+    # (data.rotate90), which also turns real crops.
+    orientation: Effect = field(default_factory=lambda: Effect(0.0, 1.0))
     # Horizontal shear factor uniform in +-strength.
     shear: Effect = field(default_factory=lambda: Effect(0.3, 0.3))
-    # Perspective: each side's scale changes by up to +-strength (projective warp).
+    # Perspective: each side's scale changes by up to +-strength (projective warp), horizontally and
+    # vertically.
     perspective: Effect = field(default_factory=lambda: Effect(0.4, 0.25))
-    # Text along a circular arc spanning up to strength * 150 degrees (CUTE80-style curved text; words of
-    # 4+ glyphs, at most 25 degrees per glyph so short words are not folded).
+    # Text along a circular path, letters turned to follow it, arched or sagging (both directions): an arc
+    # spanning up to strength * 150 degrees (at most 25 per glyph), or for a third of curved words of 5+
+    # glyphs most of a circle (180-320 degrees * strength, a stamp or a round logo). Words of 4+ glyphs.
     curve: Effect = field(default_factory=lambda: Effect(0.06, 1.0))
     # Text colour gradient (two close colours across the word); strength: how far apart they are.
     text_gradient: Effect = field(default_factory=lambda: Effect(0.12, 0.5))
@@ -144,15 +183,21 @@ class Effects:
     occlusion: Effect = field(default_factory=lambda: Effect(0.06, 0.12))
     # Lighting: a brightness gradient or glare, of relative amplitude up to strength.
     lighting: Effect = field(default_factory=lambda: Effect(0.4, 0.5))
+    # A cast shadow (awning, pole, a neighbouring sign): one side of a soft straight edge across the crop is
+    # darkened by up to strength.
+    cast_shadow: Effect = field(default_factory=lambda: Effect(0.0, 0.6))
     # Contrast loss (haze, faded paint): blend towards the mean by up to strength.
     contrast: Effect = field(default_factory=lambda: Effect(0.2, 0.35))
     # Colour cast / white balance: per-channel gains of +-strength.
     colour_cast: Effect = field(default_factory=lambda: Effect(0.3, 0.12))
     # Gaussian blur of radius up to strength * height / 32 pixels.
     blur: Effect = field(default_factory=lambda: Effect(0.3, 1.1))
-    # Motion blur: a horizontal or vertical streak up to strength * height / 32 pixels.
+    # Motion blur: a streak along a line (mostly near horizontal, any angle), up to strength * height / 32
+    # pixels long.
     motion_blur: Effect = field(default_factory=lambda: Effect(0.06, 2.5))
-    # Low resolution: downscale to (1 - u * strength) of the size, u uniform in [0, 1], and back up.
+    # Very low resolution: the word is rendered at (1 - u * strength) of the output height, u uniform in
+    # [0, 1], never under crop.min_height pixels, with its noise and JPEG at that size, then upsampled (as a
+    # recognizer enlarges a small crop): 32 * (1 - 0.75) = 8-pixel words at strength 0.75 (`irregular`).
     low_resolution: Effect = field(default_factory=lambda: Effect(0.25, 0.55))
     # Gaussian sensor noise of standard deviation up to strength * 255.
     noise: Effect = field(default_factory=lambda: Effect(0.3, 0.05))
@@ -162,8 +207,9 @@ class Effects:
 
 @dataclass
 class SynthConfig:
-    # At most this many of the destructive degradations (occlusion, lighting, contrast, blur, motion_blur,
-    # low_resolution, noise) hit one sample, in that order: stacking them all makes words no one can read.
+    # At most this many of the destructive degradations (low_resolution, occlusion, lighting, cast_shadow,
+    # contrast, blur, motion_blur, noise) hit one sample, in that order: stacking them all makes words no one
+    # can read.
     max_degradations: int = 3
     text: TextConfig = field(default_factory=TextConfig)
     fonts: FontConfig = field(default_factory=FontConfig)
@@ -200,6 +246,7 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
         items = list(spec)
     else:
         items = [spec]
+    items = _group_overrides(items)
     for item in items:
         try:
             if isinstance(item, SynthConfig):
@@ -214,6 +261,17 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
                 update = OmegaConf.load(PRESET_DIR / f"{item}.yaml")
             elif isinstance(item, str) and "=" in item:
                 update = OmegaConf.from_dotlist([item])
+            elif isinstance(item, _Overrides):
+                try:
+                    base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(item)))
+                except OmegaConfBaseException:  # merge one by one, so the message names the culprit
+                    for one in item:
+                        try:
+                            base = OmegaConf.merge(base, OmegaConf.from_dotlist([one]))
+                        except OmegaConfBaseException as e:
+                            raise ValueError(f"synth config {one!r}: {e}".split("\n")[0]) from None
+                    raise
+                continue
             else:
                 raise ValueError(f"synth config {item!r}: not a file, a preset ({', '.join(presets())}), "
                                  "a dict or a key=value override")
@@ -223,6 +281,23 @@ def build_config(spec: ConfigSpec = None) -> SynthConfig:
     cfg = OmegaConf.to_object(base)
     _validate(cfg)
     return cfg  # type: ignore[return-value]
+
+
+class _Overrides(tuple):
+    """Consecutive `key=value` strings, merged at once (one merge per string costs a deep copy each)."""
+
+
+def _group_overrides(items: list) -> list:
+    out: list = []
+    for item in items:
+        dotted = isinstance(item, str) and "=" in item and not os.path.isfile(item) and item not in presets()
+        if dotted and out and isinstance(out[-1], _Overrides):
+            out[-1] = _Overrides((*out[-1], item))
+        elif dotted:
+            out.append(_Overrides((item,)))
+        else:
+            out.append(item)
+    return out
 
 
 def _validate(cfg: SynthConfig) -> None:
@@ -242,6 +317,8 @@ def _validate(cfg: SynthConfig) -> None:
         lo_hi = getattr(cfg.crop, name)
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
             raise ValueError(f"synth config crop.{name} = {lo_hi}: expected [lo, hi] with lo <= hi")
+    if cfg.crop.min_height < 4:
+        raise ValueError(f"synth config crop.min_height = {cfg.crop.min_height}: must be >= 4")
     if not 0.3 <= cfg.crop.font_size <= 4:
         raise ValueError(f"synth config crop.font_size = {cfg.crop.font_size}: must be in [0.3, 4]")
     for name in ("text_rgb", "background_rgb"):

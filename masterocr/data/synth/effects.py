@@ -11,7 +11,9 @@ import colorsys
 import functools
 import io
 import logging
+import math
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +25,10 @@ from .sampling import cumulative, pick
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_DIRS = ("/usr/share/mypaint/backgrounds",)  # Debian mypaint-data-extras: paper, canvas, cork
+DEFAULT_PHOTO_DIRS = ("/usr/share/wallpapers",)  # Debian plasma-workspace-wallpapers (GPL-2+): photographs
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# Photographs come as JPEG; the wallpaper packages' PNGs are rendered artwork, not scenes.
+PHOTO_EXTENSIONS = (".jpg", ".jpeg")
 BANK_SEED = 20240611  # fixed: textures are part of the engine, not of a dataset's seed
 TEXTURE_SHAPE = (160, 640)  # (h, w) of each procedural texture
 MAX_IMAGE_SIDE = 640  # natural images are kept at most this large
@@ -64,6 +69,12 @@ def contrasting_colour(rng: np.random.Generator, against: float, min_contrast: f
     # Fall back to a near-black or near-white of random tint, whichever contrasts more.
     base = 0.0 if against > 0.5 else 255.0
     return np.clip(base + rng.normal(0, 12, 3) * (1 if base == 0 else -1), 0, 255).astype(np.float32)
+
+
+def neon_colour(rng: np.random.Generator) -> np.ndarray:
+    """A neon tube's colour: a saturated, bright hue (any hue: pink and violet are common in neon)."""
+    h, sat, v = rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.85, 1.0)
+    return np.array(colorsys.hsv_to_rgb(h, sat, v), np.float32) * 255
 
 
 def shifted_colour(rng: np.random.Generator, colour: np.ndarray, amount: float) -> np.ndarray:
@@ -182,7 +193,23 @@ def load_background(path: str) -> Image.Image | None:
 
 # ---- backgrounds ------------------------------------------------------------------------------------------
 
-def find_images(dirs: Sequence[str]) -> list[str]:
+_SIZE_NAME = re.compile(r"^(\d+)x(\d+)\.\w+$")
+
+
+def _one_size(names: list[str]) -> list[str]:
+    """A folder of one picture at several sizes (1280x800.jpg, 1920x1080.jpg, ...: a wallpaper package)
+    gives the landscape size closest to 1280 wide; other folders give all their images."""
+    sizes = [_SIZE_NAME.match(n) for n in names]
+    if len(names) < 2 or not all(sizes):
+        return names
+    def distance(m):
+        w, h = int(m.group(1)), int(m.group(2))
+        return (w < h, abs(w - 1280), m.group(0))
+    return [min(sizes, key=distance).group(0)]
+
+
+def find_images(dirs: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+    extensions = tuple(extensions)
     files = []
     for d in dirs:
         d = os.path.expanduser(os.fspath(d))
@@ -191,14 +218,15 @@ def find_images(dirs: Sequence[str]) -> list[str]:
             continue
         for root, subdirs, names in os.walk(d, followlinks=True):
             subdirs.sort()
-            files.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS))
+            names = sorted(n for n in names if n.lower().endswith(extensions))
+            files.extend(os.path.join(root, n) for n in _one_size(names))
     return sorted(dict.fromkeys(files))[:MAX_IMAGES]
 
 
 class Backgrounds:
     """Draws a (H, W, 3) float32 background and its mean colour: solid, gradient, texture or natural image."""
 
-    KINDS = ("solid", "gradient", "texture", "image")
+    KINDS = ("solid", "gradient", "texture", "image", "photo")
 
     def __init__(self, config: BackgroundConfig, colours: ColourConfig):
         self.config, self.colours = config, colours
@@ -209,7 +237,14 @@ class Backgrounds:
         self.image_files = find_images(dirs)
         if config.image_dirs and not self.image_files:
             raise ValueError(f"backgrounds.image_dirs {list(config.image_dirs)}: no image found")
-        kinds = [k for k in self.KINDS if config.weights.get(k, 0) > 0 and (k != "image" or self.image_files)]
+        if config.photo_dirs:
+            self.photo_files = find_images(config.photo_dirs)
+        else:
+            self.photo_files = find_images([d for d in DEFAULT_PHOTO_DIRS if os.path.isdir(d)], PHOTO_EXTENSIONS)
+        if config.photo_dirs and not self.photo_files:
+            raise ValueError(f"backgrounds.photo_dirs {list(config.photo_dirs)}: no image found")
+        found = {"image": bool(self.image_files), "photo": bool(self.photo_files)}
+        kinds = [k for k in self.KINDS if config.weights.get(k, 0) > 0 and found.get(k, True)]
         if not kinds:
             kinds = ["solid"]
         w = np.array([float(config.weights.get(k, 1.0)) for k in kinds])
@@ -218,6 +253,10 @@ class Backgrounds:
     @property
     def bank(self) -> list[Image.Image]:
         return texture_bank(max(1, int(self.config.bank_size)))
+
+    def preload(self) -> int:
+        """Load every background image now (each process keeps them, downscaled); returns how many loaded."""
+        return sum(load_background(f) is not None for f in self.image_files + self.photo_files)
 
     def image(self, index: int) -> Image.Image | None:
         return load_background(self.image_files[index])
@@ -228,6 +267,11 @@ class Backgrounds:
         grey_p = self.colours.grey_p
         if kind == "image":
             patch = self._image_patch(rng, h, w)
+            if patch is not None:
+                return patch
+            kind = "texture"
+        elif kind == "photo":
+            patch = self._photo_patch(rng, h, w)
             if patch is not None:
                 return patch
             kind = "texture"
@@ -253,16 +297,32 @@ class Backgrounds:
         t = t[:, :, None] * np.float32(1 / 255.0)
         return c1 + t * (c2 - c1), (c1 + c2) / 2
 
+    def _crop(self, img: Image.Image, rng: np.random.Generator, h: int, w: int, zoom_range: tuple[float, float]
+              ) -> np.ndarray:
+        """A random window of `img` about zoom x the output size (as large as fits), resized to (h, w)."""
+        zoom = float(np.exp(rng.uniform(np.log(zoom_range[0]), np.log(zoom_range[1]))))
+        ch = min(img.height, max(4.0, h * zoom))
+        cw = min(img.width, max(4.0, ch * w / max(h, 1)))
+        x0, y0 = rng.uniform(0, img.width - cw), rng.uniform(0, img.height - ch)
+        return np.asarray(img.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), np.float32)
+
+    def _photo_patch(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A window of a photograph in its own colours (foliage, water, walls, sky), contrast reduced a little
+        so the text stays the subject; None if it is unreadable."""
+        img = load_background(self.photo_files[int(rng.integers(len(self.photo_files)))])
+        if img is None:
+            return None
+        patch = self._crop(img, rng, h, w, (1.0, 8.0))
+        mean = patch.reshape(-1, 3).mean(axis=0)
+        strength = self.config.photo_strength * rng.uniform(0.5, 1.0)
+        return mean + (patch - mean) * np.float32(strength), mean
+
     def _image_patch(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A zoomed crop of a natural image, contrast-reduced, often recoloured; None if it is unreadable."""
         img = self.image(int(rng.integers(len(self.image_files))))
         if img is None:
             return None
-        zoom = float(np.exp(rng.uniform(np.log(0.7), np.log(4.0))))
-        ch = min(img.height, max(4.0, h * zoom))
-        cw = min(img.width, max(4.0, ch * w / max(h, 1)))
-        x0, y0 = rng.uniform(0, img.width - cw), rng.uniform(0, img.height - ch)
-        patch = np.asarray(img.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), np.float32)
+        patch = self._crop(img, rng, h, w, (0.7, 4.0))
         mean = patch.reshape(-1, 3).mean(axis=0)
         strength = self.config.image_strength * rng.uniform(0.4, 1.0)
         if rng.random() < 0.6:  # recolour: the material's texture in a paint colour
@@ -300,10 +360,31 @@ def apply_contrast(img: np.ndarray, rng: np.random.Generator, strength: float) -
     return img * (1 - k) + veil * k
 
 
+_CHANNELS = np.arange(3)[:, None]
+_LEVELS = np.arange(256, dtype=np.float32)[None, :]
+
+
 def apply_colour_cast(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """White balance and gamma on uint8 (H, W, 3): per-channel gains of +-strength, then one gamma, through a
+    (3, 256) look-up table (a power per pixel costs ten times more)."""
     gains = 1 + rng.uniform(-strength, strength, 3).astype(np.float32)
     gamma = float(np.exp(rng.uniform(-strength, strength)))
-    return 255 * (np.clip(img * gains, 0, 255) / 255) ** gamma
+    lut = (255 * (np.clip(_LEVELS * gains[:, None], 0, 255) / 255) ** gamma + 0.5).astype(np.uint8)  # (3, 256)
+    return lut[_CHANNELS.T, img]
+
+
+def apply_cast_shadow(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A shadow cast across the crop: one side of a soft straight edge (any angle, through a random point)
+    darkened by up to `strength`, the edge 0.5-6 pixels wide."""
+    h, w = img.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+    width = rng.uniform(0.5, 6.0)
+    dark = strength * rng.uniform(0.3, 1.0)
+    d = ((np.arange(w, dtype=np.float32)[None, :] - cx) * np.float32(math.cos(angle))
+         + (np.arange(h, dtype=np.float32)[:, None] - cy) * np.float32(math.sin(angle)))  # (h, w) signed distance
+    shade = np.float32(dark) / (1 + np.exp(np.clip(-d / np.float32(width), -30, 30)))
+    return img * (1 - shade)[:, :, None]
 
 
 def draw_occlusion(img: np.ndarray, rng: np.random.Generator, strength: float, grey_p: float) -> np.ndarray:
@@ -330,24 +411,35 @@ def apply_blur(img: Image.Image, rng: np.random.Generator, strength: float, heig
 
 
 def apply_motion_blur(img: Image.Image, rng: np.random.Generator, strength: float, height: int) -> Image.Image:
+    """A camera or object in motion: the mean of copies shifted along a line (the line's length up to
+    strength * height / 32 pixels; 70% within 15 degrees of horizontal, else any direction)."""
     length = rng.uniform(0.3, 1.0) * strength * height / 32
-    if length < 0.3:
+    angle = rng.uniform(-15, 15) if rng.random() < 0.7 else rng.uniform(-90, 90)
+    steps = int(math.ceil(length)) + 1
+    if length < 0.7:
         return img
-    radius = (length, 0.01) if rng.random() < 0.7 else (0.01, length)
-    return img.filter(ImageFilter.GaussianBlur(radius))
+    t = np.linspace(-length / 2, length / 2, steps)
+    dx = np.round(t * math.cos(math.radians(angle))).astype(int)
+    dy = np.round(t * math.sin(math.radians(angle))).astype(int)
+    arr = np.asarray(img, np.float32)
+    h, w = arr.shape[:2]
+    pad = int(max(np.abs(dx).max(), np.abs(dy).max()))
+    padded = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    total = np.zeros_like(arr)
+    for ox, oy in zip(dx.tolist(), dy.tolist()):
+        total += padded[pad + oy:pad + oy + h, pad + ox:pad + ox + w]
+    return Image.fromarray((total * np.float32(1 / steps) + 0.5).astype(np.uint8), "RGB")
 
 
 _RESAMPLE_CUM = cumulative([0.5, 0.4, 0.1])  # bilinear, bicubic, nearest upsampling
 
 
-def apply_low_resolution(img: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
-    scale = 1 - rng.uniform(0, min(strength, 0.9))
-    w, h = img.size
-    sw, sh = max(2, int(round(w * scale))), max(2, int(round(h * scale)))
-    if (sw, sh) == (w, h):
+def upsample(img: Image.Image, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A small rendering enlarged to `size` (w, h) as a recognizer's resize would: bilinear, bicubic or
+    nearest."""
+    if img.size == tuple(size):
         return img
-    down = img.resize((sw, sh), Image.BILINEAR if rng.random() < 0.5 else Image.BOX)
-    return down.resize((w, h), (Image.BILINEAR, Image.BICUBIC, Image.NEAREST)[pick(rng, _RESAMPLE_CUM)])
+    return img.resize(size, (Image.BILINEAR, Image.BICUBIC, Image.NEAREST)[pick(rng, _RESAMPLE_CUM)])
 
 
 def apply_noise(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -370,9 +462,9 @@ def apply_jpeg(img: Image.Image, rng: np.random.Generator, strength: float) -> I
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=max(5, quality))
     buf.seek(0)
-    out = Image.open(buf)
+    out = Image.open(buf, formats=("JPEG",))  # no format probing
     out.load()
-    return out.convert("RGB")
+    return out if out.mode == "RGB" else out.convert("RGB")
 
 
 def active(effect: Effect, rng: np.random.Generator) -> bool:

@@ -41,6 +41,8 @@ _ABSENT = ("\uffff", "\U0010fffd", "\ufdd0")
 # A bitmap shared by more than this many characters is a fallback glyph, not a real one.
 _MAX_SHARED = 3
 _LAYOUT = ImageFont.Layout.BASIC  # no shaping engine: fast and the same everywhere
+# Pairs that every kerning table adjusts: a font that moves none of them has no kerning.
+_KERN_PROBES = ("AV", "AT", "To", "Ta", "Wa", "Yo", "LT", "P.", "Av", "VA", "ry", "F,", "11")
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,7 @@ class FontSet:
         self._fonts: dict[tuple[int, int], ImageFont.FreeTypeFont] = {}
         self._glyphs: dict[tuple[int, int, str], tuple] = {}
         self._kerns: dict[tuple[int, int, str, str], float] = {}
+        self._kerned: dict[tuple[int, int], bool] = {}
 
     @classmethod
     def build(cls, chars: str, paths: Iterable[str | os.PathLike] | None = None, min_coverage: float = 0.3,
@@ -359,7 +362,7 @@ class FontSet:
 
     def __getstate__(self):  # FreeType objects do not pickle; a worker rebuilds its caches lazily
         state = self.__dict__.copy()
-        state["_fonts"], state["_glyphs"], state["_kerns"] = {}, {}, {}
+        state["_fonts"], state["_glyphs"], state["_kerns"], state["_kerned"] = {}, {}, {}, {}
         return state
 
     def covering(self, text: str) -> np.ndarray:
@@ -409,6 +412,11 @@ class FontSet:
 
     def kern(self, index: int, size: int, a: str, b: str) -> float:
         """Pair kerning in pixels (the font's own kern table): the pair's advance minus both glyphs' own."""
+        kerned = self._kerned.get((index, size))
+        if kerned is None:
+            kerned = self._kerned[(index, size)] = self._probe_kerning(index, size)
+        if not kerned:
+            return 0.0
         key = (index, size, a, b)
         k = self._kerns.get(key)
         if k is None:
@@ -418,6 +426,15 @@ class FontSet:
             k = pair - self.glyph(index, size, a)[3] - self.glyph(index, size, b)[3]
             self._kerns[key] = k
         return k
+
+    def _probe_kerning(self, index: int, size: int) -> bool:
+        """Whether the font kerns at all (with the basic layout only a `kern` table counts): most fonts
+        do not, and then every pair lookup, a FreeType call each, is skipped."""
+        font = self.font(index, size)
+        for pair in _KERN_PROBES:
+            if abs(font.getlength(pair) - font.getlength(pair[0]) - font.getlength(pair[1])) > 1e-6:
+                return True
+        return False
 
     def preload(self, chars: str, size: int) -> int:
         """Draw every glyph of `chars` each font covers at `size` into the cache (a warm start for long runs

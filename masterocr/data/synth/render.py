@@ -102,6 +102,11 @@ class Renderer:
         glyphs are otherwise drawn on first use."""
         return self.fonts.preload(self.text.render_chars, self.font_size)
 
+    def warm_up(self) -> None:
+        """Fill every cache a long run fills as it goes: glyphs and the background images."""
+        self.preload_glyphs()
+        self.backgrounds.preload()
+
     # ---- text and font ------------------------------------------------------------------------------------
     def _text_and_font(self, rng: np.random.Generator, max_length: int | None = None) -> tuple[str, str, int]:
         for _ in range(8):
@@ -157,49 +162,113 @@ class Renderer:
             prev = ch
         return placed, ascent
 
+    def _vertical(self, text: str, font: int, size: int, rng: np.random.Generator):
+        """Letters stacked top to bottom, each upright and centred on one column (vertical signs)."""
+        gap_jitter = size * self.config.effects.vertical.strength
+        gap = size * rng.uniform(0.05, 0.25)
+        placed, y = [], 0.0
+        for ch in text:
+            mask, left, top, advance = self.fonts.glyph(font, size, ch)
+            if not mask.size:  # a space: half a line
+                y += size * 0.5
+                continue
+            placed.append((mask, -mask.shape[1] / 2, y, advance))
+            y += mask.shape[0] + gap + rng.uniform(-0.5, 1) * gap_jitter
+        return placed
+
     def _curve(self, placed, baseline: float, rng: np.random.Generator):
-        """Bend a straight layout along a circular arc: each glyph is moved onto the arc and turned to follow
-        it (clockwise angle theta at arc position x)."""
+        """Bend a straight layout along a circle, arched or sagging: an arc of up to 150 degrees, or most of a
+        circle. The flat ink is remapped as a whole (one mesh warp), so letters turn and bend with the path
+        as printed curved text does. -> one placement holding the curved ink."""
         x_min = min(x for _, x, _, _ in placed)
         x_max = max(x + m.shape[1] for m, x, _, _ in placed)
         span = max(1.0, x_max - x_min)
-        arc = math.radians(min(150.0, 25.0 * (len(placed) - 1))) * self.config.effects.curve.strength
-        arc = min(arc * rng.uniform(0.3, 1.0), math.radians(300.0))
-        radius = span / arc
-        sign = 1.0 if rng.random() < 0.6 else -1.0  # 1: text on top of a circle (arched), -1: smile
+        strength = self.config.effects.curve.strength
+        if len(placed) >= 5 and rng.random() < 1 / 3:  # round logos and stamps: text around a circle
+            arc = math.radians(rng.uniform(180.0, 320.0)) * strength
+        else:
+            arc = math.radians(min(150.0, 25.0 * (len(placed) - 1))) * strength
+            arc = arc * rng.uniform(0.3, 1.0)
+        arc = min(max(arc, 1e-3), math.radians(330.0))
+        sign = 1.0 if rng.random() < 0.6 else -1.0  # 1: text on top of a circle (arched), -1: sagging (smile)
+
+        fx0 = math.floor(x_min)
+        fy0 = math.floor(min(y for _, _, y, _ in placed))
+        fx1, fy1 = math.ceil(x_max), math.ceil(max(y + m.shape[0] for m, _, y, _ in placed))
+        flat = np.zeros((fy1 - fy0, fx1 - fx0), np.uint8)
+        for mask, x, y, _ in placed:
+            px, py = int(round(x)) - fx0, int(round(y)) - fy0
+            region = flat[py:py + mask.shape[0], px:px + mask.shape[1]]
+            np.maximum(region, mask[:region.shape[0], :region.shape[1]], out=region)
+        # The circle must stay outside the ink: its radius exceeds the ink's depth on the centre's side.
+        depth = (baseline - fy0) if sign < 0 else (fy1 - baseline)
+        radius = max(span / arc, 1.15 * depth, 1.0)
         mid = x_min + span / 2
-        out = []
-        for mask, x, y, adv in placed:
-            h, w = mask.shape
-            cx, cy = x + w / 2, y + h / 2  # glyph centre in the flat layout
-            theta = (cx - mid) / radius
-            ax = mid + radius * math.sin(theta)
-            ay = baseline + sign * radius * (1 - math.cos(theta))
-            d = cy - baseline  # centre's offset from the baseline, rotated with the glyph
-            rot = sign * theta
-            gx, gy = ax - d * math.sin(rot), ay + d * math.cos(rot)
-            img = Image.fromarray(mask).rotate(-math.degrees(rot), Image.BILINEAR, expand=True)
-            rm = np.asarray(img)
-            out.append((rm, gx - rm.shape[1] / 2, gy - rm.shape[0] / 2, adv))
-        return out
+        cy = baseline + sign * radius  # the circle's centre is (mid, cy)
+
+        def forward(x, y):  # flat layout -> curved layout
+            theta = (x - mid) / radius
+            rho = radius + sign * (baseline - y)
+            return mid + rho * np.sin(theta), cy - sign * rho * np.cos(theta)
+
+        gy, gx = np.mgrid[fy0:fy1 + 1:4, fx0:fx1 + 1:4].astype(np.float64)
+        gx = np.concatenate([gx.ravel(), [fx0, fx1, fx0, fx1]])
+        gy = np.concatenate([gy.ravel(), [fy0, fy0, fy1, fy1]])
+        u, v = forward(gx, gy)
+        ox0, oy0 = math.floor(u.min()) - 1, math.floor(v.min()) - 1
+        ow, oh = math.ceil(u.max()) - ox0 + 2, math.ceil(v.max()) - oy0 + 2
+        # Inverse map of every output pixel centre into the flat layout, then bilinear sampling (zero outside;
+        # the circle's seam behind the text maps past the ends of the flat ink).
+        du = (ox0 + 0.5 - mid) + np.arange(ow, dtype=np.float32)[None, :]           # (1, ow)
+        dv = sign * (cy - oy0 - 0.5 - np.arange(oh, dtype=np.float32)[:, None])    # (oh, 1)
+        fh, fw = flat.shape
+        x = np.clip(np.arctan2(du, dv) * np.float32(radius) + np.float32(mid - fx0 - 0.5), -1, fw)  # (oh, ow)
+        y = np.clip(np.float32(baseline - fy0 - 0.5 + sign * radius) - np.float32(sign) * np.hypot(du, dv),
+                    -1, fh)
+        x0, y0 = np.floor(x), np.floor(y)
+        ax, ay = x - x0, y - y0
+        xi, yi = x0.astype(np.intp) + 1, y0.astype(np.intp) + 1  # into the zero-padded flat ink
+        padded = np.pad(flat, ((1, 2), (1, 2))).astype(np.float32)
+        curved = ((padded[yi, xi] * (1 - ax) + padded[yi, xi + 1] * ax) * (1 - ay)
+                  + (padded[yi + 1, xi] * (1 - ax) + padded[yi + 1, xi + 1] * ax) * ay)
+        curved = (curved + 0.5).astype(np.uint8)
+        return [(curved, float(ox0), float(oy0), 0.0)]
 
     # ---- the whole sample ---------------------------------------------------------------------------------
     def render(self, rng: np.random.Generator, max_length: int | None = None) -> tuple[Image.Image, str]:
         """-> (RGB image of height self.height and natural width, label); max_length: a lower label-length cap
         for this sample (short words first), default self.max_length."""
-        cfg, eff, H = self.config, self.config.effects, self.height
         text, label, font = self._text_and_font(rng, max_length)
+        return self._draw(text, font, rng), label
+
+    def render_text(self, text: str, rng: np.random.Generator, font: int | None = None) -> Image.Image:
+        """`text` drawn with the sample's appearance drawn from `rng` (font: an index into self.fonts, by
+        default one drawn among those that draw all of it). For tests and tools that need a known word."""
+        if font is None:
+            font = self.fonts.choose(text, rng)
+            if font is None:
+                raise ValueError(f"no usable font draws all of {text!r}")
+        return self._draw(text, font, rng)
+
+    def _draw(self, text: str, font: int, rng: np.random.Generator) -> Image.Image:
+        cfg, eff, H = self.config, self.config.effects, self.height
         size = self.font_size
-        placed, baseline = self._layout(text, font, size, rng)
-        if fx.active(eff.curve, rng) and len(placed) >= 4:
-            placed = self._curve(placed, baseline, rng)
+        vertical = fx.active(eff.vertical, rng) and len(text) > 1
+        if vertical:
+            placed, baseline = self._vertical(text, font, size, rng), 0.0
+        else:
+            placed, baseline = self._layout(text, font, size, rng)
+            if fx.active(eff.curve, rng) and len(placed) >= 4:
+                placed = self._curve(placed, baseline, rng)
         if not placed:  # only whitespace is drawable (cannot happen: labels are stripped)
-            raise RuntimeError(f"label {label!r} has no ink")
+            raise RuntimeError(f"text {text!r} has no ink")
 
         # Decoration sizes decide the canvas margin.
         outline = shadow = border = None
+        hollow = False
         if fx.active(eff.outline, rng):
             outline = max(1, int(round(size * eff.outline.strength * rng.uniform(0.3, 1.0))))
+            hollow = rng.random() < 1 / 3
         if fx.active(eff.shadow, rng):
             off = size * eff.shadow.strength * rng.uniform(0.3, 1.0)
             angle = rng.uniform(0, 2 * np.pi)
@@ -232,20 +301,25 @@ class Renderer:
         g = _translate(-(margin + ink_w / 2), -(margin + ink_h / 2))
         if fx.active(eff.shear, rng):
             g = np.array([[1, rng.uniform(-1, 1) * eff.shear.strength, 0], [0, 1, 0], [0, 0, 1]]) @ g
-        if fx.active(eff.rotation, rng):
-            t = math.radians(rng.uniform(-1, 1) * eff.rotation.strength)
-            g = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) @ g
         if fx.active(eff.perspective, rng):
             s = min(eff.perspective.strength, 0.6)
             # Normalised by the canvas so the projective denominator stays in [1 - s, 1 + s] > 0 on it.
             px = rng.uniform(-1, 1) * s * 2 / cw
             py = rng.uniform(-1, 1) * s * 2 / ch * 0.5
             g = np.array([[1, 0, 0], [0, 1, 0], [px, py, 1]]) @ g
+        turn = 0.0
+        if fx.active(eff.rotation, rng):
+            turn = rng.uniform(-1, 1) * eff.rotation.strength
+        if fx.active(eff.orientation, rng):
+            turn += 90.0 * int(rng.integers(1, 4))  # counter-clockwise, as rotate_image turns a crop
+        if turn:
+            t = math.radians(-turn)  # y points down: a negative angle turns counter-clockwise on screen
+            g = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) @ g
         corners = _apply(g, box)
         bx0, by0 = corners.min(axis=0)
         bx1, by1 = corners.max(axis=0)
         # Padding is relative to the letter height, not to a rotated or curved box.
-        ref = min(ink_h, by1 - by0, 0.8 * size)
+        ref = min(ink_w if vertical else ink_h, by1 - by0, 0.8 * size)
         c = cfg.crop
         wx0 = bx0 - rng.uniform(*c.pad_left) * ref
         wx1 = bx1 + rng.uniform(*c.pad_right) * ref
@@ -255,9 +329,24 @@ class Renderer:
         if short > 0:
             wy0, wy1 = wy0 - short / 2, wy1 + short / 2
         win_w, win_h = max(wx1 - wx0, 2.0), max(wy1 - wy0, 2.0)
-        sy = H / win_h
-        W = int(round(min(max(win_w * sy, 2.0), cfg.crop.max_aspect * H)))
-        sx = W / win_w
+        W = int(round(min(max(win_w * H / win_h, 2.0), cfg.crop.max_aspect * H)))
+
+        # Destructive degradations: at most cfg.max_degradations of them. Low resolution comes first: it
+        # decides the size everything below is drawn at.
+        budget = [cfg.max_degradations]
+
+        def hit(effect) -> bool:
+            if not fx.active(effect, rng) or budget[0] <= 0:
+                return False
+            budget[0] -= 1
+            return True
+
+        h, w = H, W  # working size: smaller than the output for a low-resolution word
+        if hit(eff.low_resolution):
+            scale = 1 - rng.uniform(0, min(eff.low_resolution.strength, 0.95))
+            h = min(H, max(cfg.crop.min_height, int(round(H * scale))))
+            w = max(2, int(round(W * h / H)))
+        sy, sx = h / win_h, w / win_w
         f = _scale(sx, sy) @ _translate(-wx0, -wy0) @ g
 
         # Masks on the canvas: text, and the decorations that must follow the same warp.
@@ -273,8 +362,8 @@ class Renderer:
         if border:
             pad, width = border
             frame = Image.new("L", (cw, ch), 0)
-            (bx0, by0), (bx1, by1) = box[0], box[2]
-            ImageDraw.Draw(frame).rectangle((bx0 - pad, by0 - pad, bx1 + pad, by1 + pad), outline=255, width=width)
+            (fx0, fy0), (fx1, fy1) = box[0], box[2]
+            ImageDraw.Draw(frame).rectangle((fx0 - pad, fy0 - pad, fx1 + pad, fy1 + pad), outline=255, width=width)
             masks.append(np.asarray(frame))
         # One warp for all masks: up to four packed as the bands of one image.
         if len(masks) == 1:
@@ -287,16 +376,23 @@ class Renderer:
         if k > 1:
             canvas = canvas.reduce(k)
             f = f @ _scale(k, k)
-        warped = np.asarray(canvas.transform((W, H), Image.PERSPECTIVE, _inverse_coeffs(f), Image.BILINEAR))
+        warped = np.asarray(canvas.transform((w, h), Image.PERSPECTIVE, _inverse_coeffs(f), Image.BILINEAR))
         if warped.ndim == 2:
             warped = warped[:, :, None]
 
         # Colours: background first, then text contrasting with it; layers composited back to front.
         cc = cfg.colours
-        img, bg_mean = self.backgrounds.sample(rng, H, W)
+        img, bg_mean = self.backgrounds.sample(rng, h, w)
         fg = fx.contrasting_colour(rng, fx.luminance(bg_mean), cc.min_contrast, cc.text_grey_p)
         if cc.text_rgb is not None:
             fg = np.asarray(cc.text_rgb, np.float32)
+        glow = fx.active(eff.glow, rng)
+        emboss = not glow and fx.active(eff.emboss, rng)
+        if glow:  # neon: a saturated light colour on a darkened scene
+            fg = fx.neon_colour(rng)
+            img *= np.float32(rng.uniform(0.15, 0.5))
+        if emboss:  # the letters in the material's own colour, nearly
+            fg = fx.shifted_colour(rng, bg_mean, 0.08)
         fg_lum = fx.luminance(fg)
         band = 1
         bands = {}
@@ -309,47 +405,71 @@ class Renderer:
             _over(img, warped[:, :, bands["shadow"]], shade, rng.uniform(0.4, 0.9))
         if border:
             _over(img, warped[:, :, bands["border"]], fg if rng.random() < 0.7 else fx.random_colour(rng, cc.grey_p))
+        text_mask = warped[:, :, 0]
+        if glow:
+            radius = max(0.8, eff.glow.strength * h * rng.uniform(0.3, 1.0))
+            halo = np.asarray(Image.fromarray(text_mask).filter(ImageFilter.GaussianBlur(radius)), np.float32)
+            _over(img, np.minimum(halo * np.float32(rng.uniform(1.5, 3.0)), 255), fg, rng.uniform(0.6, 0.9))
+            fg = fg + (255 - fg) * np.float32(rng.uniform(0.3, 0.7))  # the tube's core is nearly white
         if outline:
-            _over(img, warped[:, :, bands["outline"]], fx.contrasting_colour(rng, fg_lum, 0.35, cc.grey_p))
-        colour = fg
-        if fx.active(eff.text_gradient, rng):
-            fg2 = fx.shifted_colour(rng, fg, 0.4 * eff.text_gradient.strength)
-            if rng.random() < 0.6:
-                t = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
-            else:
-                t = np.linspace(0, 1, W, dtype=np.float32)[None, :, None]
-            colour = fg + t * (fg2 - fg)
-        _over(img, warped[:, :, 0], colour)
+            ring = warped[:, :, bands["outline"]]
+            if hollow:  # the outline alone: the letters' inside is cut out of it
+                ring = np.where(ring > text_mask, ring - text_mask, 0).astype(np.uint8)
+            _over(img, ring, fx.contrasting_colour(rng, fx.luminance(bg_mean) if hollow else fg_lum, 0.35,
+                                                    cc.grey_p))
+        if emboss:
+            _over(img, text_mask, fg, rng.uniform(0.3, 0.8))
+            _emboss(img, text_mask, rng, eff.emboss.strength * h / 32)
+        elif not hollow:
+            colour = fg
+            if fx.active(eff.text_gradient, rng):
+                fg2 = fx.shifted_colour(rng, fg, 0.4 * eff.text_gradient.strength)
+                if rng.random() < 0.6:
+                    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+                else:
+                    t = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
+                colour = fg + t * (fg2 - fg)
+            _over(img, text_mask, colour)
 
-        # Photographic degradations; at most cfg.max_degradations of the destructive ones.
-        budget = [cfg.max_degradations]
-
-        def hit(effect) -> bool:
-            if not fx.active(effect, rng) or budget[0] <= 0:
-                return False
-            budget[0] -= 1
-            return True
-
+        # Photographic degradations.
         if hit(eff.occlusion):
             img = fx.draw_occlusion(img, rng, eff.occlusion.strength, cc.grey_p)
         if hit(eff.lighting):
             img = fx.apply_lighting(img, rng, eff.lighting.strength)
+        if hit(eff.cast_shadow):
+            img = fx.apply_cast_shadow(img, rng, eff.cast_shadow.strength)
         if hit(eff.contrast):
             img = fx.apply_contrast(img, rng, eff.contrast.strength)
+        pixels = np.clip(img, 0, 255).astype(np.uint8)
         if fx.active(eff.colour_cast, rng):
-            img = fx.apply_colour_cast(img, rng, eff.colour_cast.strength)
-        out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+            pixels = fx.apply_colour_cast(pixels, rng, eff.colour_cast.strength)
+        out = Image.fromarray(pixels, "RGB")
         if hit(eff.blur):
-            out = fx.apply_blur(out, rng, eff.blur.strength, H)
+            out = fx.apply_blur(out, rng, eff.blur.strength, h)
         if hit(eff.motion_blur):
-            out = fx.apply_motion_blur(out, rng, eff.motion_blur.strength, H)
-        if hit(eff.low_resolution):
-            out = fx.apply_low_resolution(out, rng, eff.low_resolution.strength)
+            out = fx.apply_motion_blur(out, rng, eff.motion_blur.strength, h)
         if hit(eff.noise):
             out = Image.fromarray(fx.apply_noise(np.asarray(out), rng, eff.noise.strength), "RGB")
         if fx.active(eff.jpeg, rng):
             out = fx.apply_jpeg(out, rng, eff.jpeg.strength)
-        return out, label
+        return fx.upsample(out, rng, (W, H))
+
+
+def _emboss(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, depth: float) -> None:
+    """In place: relief lighting of the letters' edges, light from a random side: a highlight where the
+    mask rises towards the light, a shade where it falls (engraved when the light is swapped)."""
+    d = max(1, int(round(depth * rng.uniform(0.7, 1.3))))
+    angle = rng.uniform(0, 2 * np.pi)
+    dx, dy = int(round(d * math.cos(angle))), int(round(d * math.sin(angle)))
+    a = mask.astype(np.float32) * np.float32(1 / 255)
+    pad = np.pad(a, d)
+    h, w = a.shape
+    shifted = pad[d + dy:d + dy + h, d + dx:d + dx + w]
+    light = np.clip(a - shifted, 0, 1)[:, :, None]  # edges facing the light
+    shade = np.clip(shifted - a, 0, 1)[:, :, None]
+    amount = np.float32(rng.uniform(0.4, 0.8))
+    img += light * amount * (255 - img)
+    img -= shade * amount * img
 
 
 def _over(img: np.ndarray, mask: np.ndarray, colour, opacity: float = 1.0) -> None:

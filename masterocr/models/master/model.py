@@ -15,13 +15,14 @@ full-recompute reference); inference runs `encode` once, `init_cache` once, then
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ...charset import AttentionTokenizer
+from ..common import config_from_model_cfg
 from ..layers import DecoderLayer, EncoderLayer, KVCache, PositionalEncoding, ResNet31, causal_mask, step_mask
 from ..layers.transformer import LN_EPS
 
@@ -58,24 +59,7 @@ class MasterConfig:
     @classmethod
     def from_model_cfg(cls, model_cfg: Mapping[str, Any] | Any) -> "MasterConfig":
         """Build from the `model:` section (dict or DictConfig); unknown keys are an error naming them."""
-        if hasattr(model_cfg, "_metadata"):  # OmegaConf DictConfig -> plain dict
-            from omegaconf import OmegaConf
-            model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-        values = dict(model_cfg)
-        name = values.pop("name", "master")
-        if name != "master":
-            raise ValueError(f"model.name={name!r}: MasterConfig builds 'master' models only")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
-        for key, value in values.items():
-            if isinstance(value, (list, tuple)):
-                values[key] = tuple(value)
-        cfg = cls(**values)
-        if len(cfg.img_size) != 2:
-            raise ValueError(f"model.img_size={cfg.img_size!r} must be [height, width]")
-        return cfg
+        return config_from_model_cfg(cls, model_cfg, "master")
 
 
 class Master(nn.Module):

@@ -32,7 +32,7 @@ from torch import nn
 from ...charset import AttentionTokenizer
 from ..layers.attention import KVCache, MultiHeadAttention, causal_mask, step_mask
 from ..layers.vit import MLP, ViTEncoder, vit_init
-from ..model_config import parse_model_config
+from ..common import config_from_model_cfg
 
 DECODER_LN_EPS = 1e-5  # PyTorch's default, as in strhub's decoder (the ViT encoder uses 1e-6)
 
@@ -59,7 +59,7 @@ class ParseqConfig:
     @classmethod
     def from_model_cfg(cls, model_cfg: Mapping[str, Any] | Any) -> "ParseqConfig":
         """Build from the `model:` section (dict or DictConfig); unknown keys are an error naming them."""
-        cfg = parse_model_config(cls, model_cfg, "parseq", ("img_size", "patch_size"))
+        cfg = config_from_model_cfg(cls, model_cfg, "parseq", ("img_size", "patch_size"))
         if cfg.refine_iters < 0:
             raise ValueError(f"model.refine_iters={cfg.refine_iters} must be >= 0")
         return cfg

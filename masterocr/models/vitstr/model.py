@@ -18,7 +18,7 @@ from torch import nn
 
 from ...charset import AttentionTokenizer
 from ..layers.vit import ViTEncoder, vit_init
-from ..model_config import parse_model_config
+from ..common import config_from_model_cfg
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ViTSTRConfig:
     @classmethod
     def from_model_cfg(cls, model_cfg: Mapping[str, Any] | Any) -> "ViTSTRConfig":
         """Build from the `model:` section (dict or DictConfig); unknown keys are an error naming them."""
-        return parse_model_config(cls, model_cfg, "vitstr", ("img_size", "patch_size"))
+        return config_from_model_cfg(cls, model_cfg, "vitstr", ("img_size", "patch_size"))
 
 
 class ViTSTR(nn.Module):

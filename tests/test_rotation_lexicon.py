@@ -1,0 +1,168 @@
+"""Issue 20: rotation in the training pipeline (labels kept), orientation search for read / eval / the API,
+and lexicon-constrained evaluation (SVT-50 style), on the small model trained in conftest.py."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from wordimages import render_word
+
+from conftest import WORDS
+from masterocr.cli.main import main
+from masterocr.data.augment import Augment, build_augment
+from masterocr.data.image import ImageTransform, rotate_image
+from masterocr.lexicon import Lexicon
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """labels.tsv folder of the rendered WORDS, named like SVT crops: <photo>_<n>.png (two photos)."""
+    root = tmp_path / "words"
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i, w in enumerate(WORDS):
+        name = f"{'p1' if i < 4 else 'p2'}_{i}.png"
+        render_word(w).save(root / "images" / name)
+        lines.append(f"images/{name}\t{w}")
+    (root / "labels.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+# ---- rotation in the training pipeline -------------------------------------------------------------------
+
+def test_augment_turns_its_share_of_images_by_90_180_270():
+    img = render_word("road")
+    turns = {0: 0, 90: 0, 180: 0, 270: 0}
+    aug = Augment({}, num_ops=0, seed=3, rotate90=0.3)
+    candidates = {d: np.asarray(rotate_image(img, d)) for d in turns}
+    for _ in range(300):
+        out = np.asarray(aug(img))
+        turns[next(d for d, c in candidates.items() if c.shape == out.shape and np.array_equal(c, out))] += 1
+    assert 0.2 < (300 - turns[0]) / 300 < 0.4 and all(turns[d] > 15 for d in (90, 180, 270))
+    assert build_augment("none") is None and build_augment("none", rotate90=0.5).rotate90 == 0.5
+    assert build_augment({"preset": "light", "rotate90": 0.2}).rotate90 == 0.2
+    with pytest.raises(ValueError, match="rotate90"):
+        Augment({}, rotate90=1.5)
+
+
+def test_rotation_in_the_training_mix_keeps_labels(folder):
+    from masterocr.charset import AttentionTokenizer
+    from masterocr.training.data import RecognitionData
+
+    def batches(rate):
+        cfg = {"data": {"train": [{"path": str(folder), "weight": 1}, {"synthetic": {"length": 20, "seed": 1},
+                                                                      "weight": 1}],
+                        "val": [{"name": "upside-down", "path": str(folder), "rotate": 180}],
+                        "epoch_size": 8, "augment": "none", "rotate90": rate, "num_workers": 0},
+               "train": {"batch_size": 8, "seed": 5}}
+        data = RecognitionData(cfg, AttentionTokenizer("36", 8), (32, 96))
+        data.setup("fit")
+        return data, list(data.train_dataloader())
+
+    data, turned = batches(1.0)
+    _, upright = batches(0.0)
+    transform = ImageTransform(32, 96)
+    for (a, la, na), (b, lb, nb) in zip(turned, upright):
+        assert la == lb and na == nb  # the same samples, the same labels
+        for image, name in zip(a, na):
+            if name.endswith(".png"):  # a real crop: exactly one of its three turns
+                original = folder / "images" / name.rsplit("/", 1)[-1]
+                assert any(torch.equal(image, transform(rotate_image(transform_source(original), d)))
+                           for d in (90, 180, 270))
+        assert not torch.equal(a, b)
+    image, label, _ = data.val_sets[0][1][0]
+    assert torch.equal(image, transform(rotate_image(transform_source(folder / "images" / "p1_0.png"), 180)))
+    bad = {"data": {"train": [{"path": str(folder), "rotate": 90}], "num_workers": 0}, "train": {"batch_size": 2}}
+    with pytest.raises(ValueError, match="rotate"):
+        RecognitionData(bad, AttentionTokenizer("36", 8), (32, 96)).setup("fit")
+
+
+def transform_source(path):
+    from masterocr.data.image import load_image
+
+    return load_image(path)
+
+
+# ---- orientation search ----------------------------------------------------------------------------------
+
+def test_orientation_auto_reads_rotated_words_upright(tiny_weights):
+    import masterocr
+
+    rec = masterocr.load(tiny_weights, orientation="auto")
+    upright = masterocr.load(tiny_weights)
+    for word in WORDS[:4]:
+        for turn in (90, 180, 270):  # the photo arrives turned counter-clockwise by `turn`
+            img = rotate_image(render_word(word), turn)
+            r = rec.read(img)
+            assert (r.text, r.orientation) == (word, (360 - turn) % 360)
+        assert rec.read(render_word(word)).orientation == 0
+    misread = sum(upright.read(rotate_image(render_word(w), 90)).text != w for w in WORDS)
+    assert misread >= 6  # without the search, turned words are not read
+    assert "orientation=auto" in repr(rec)
+    with pytest.raises(ValueError, match="orientation"):
+        masterocr.load(tiny_weights, orientation="sideways")
+
+
+def test_read_and_eval_cli_orientation_auto(tiny_weights, folder, tmp_path, capsys):
+    turned = tmp_path / "turned.png"
+    rotate_image(render_word("home"), 270).save(turned)
+    assert main(["read", str(turned), "--model", str(tiny_weights), "--orientation", "auto", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["text"] == "home" and record["orientation"] == 90
+    code = main(["eval", str(tiny_weights), "--data", str(folder), "--rotation", "90", "--orientation", "auto",
+                 "--no-progress", "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "Rotation 90°, orientation auto" in out
+    row = next(line for line in out.splitlines() if line.startswith("| words"))
+    assert row.split("|")[3].strip() == "100.00"
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["meta"]["orientation"] == "auto"
+
+
+# ---- lexicon ---------------------------------------------------------------------------------------------
+
+def test_lexicon_formats_and_snapping(tmp_path):
+    per_photo = tmp_path / "lexicon.txt"
+    per_photo.write_text("18_01 THE,TRIPLE,DOOR\n13_11 MAGIC,AUTO,SALES\n", encoding="utf-8")
+    lex = Lexicon.load(per_photo)
+    assert lex.words_for("images/18_01_3.png") == ["THE", "TRIPLE", "DOOR"]
+    assert lex.snap("DQOR", "18_01_3.png") == "DOOR"
+    assert lex.snap("trlple", "x/18_01_12.jpg", str.upper) == "TRIPLE"
+    assert lex.snap("sale", "13_11_1.png", str.lower) == "sales"  # both sides under the protocol
+    with pytest.raises(KeyError, match="99_99_1.png"):
+        lex.words_for("99_99_1.png")
+    words = tmp_path / "words.txt"
+    words.write_text("cat\ncar\ncart\n", encoding="utf-8")
+    glob = Lexicon.load(words)
+    assert glob.snap("cax", "anything.png") == "cat"  # a tie between cat and car: the first listed wins
+    assert glob.snap("carts", "a.png") == "cart"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("cat\ntwo words\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.txt:2"):
+        Lexicon.load(bad)
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no words"):
+        Lexicon.load(tmp_path / "empty.txt")
+
+
+def test_eval_cli_lexicon_snaps_readings(tiny_weights, folder, tmp_path, capsys):
+    # Labels the model cannot spell (it reads "cat", the label is "cats"): wrong without the lexicon, right
+    # once the reading is snapped to the nearest word of its photo's lexicon.
+    lines = (folder / "labels.tsv").read_text().splitlines()
+    (folder / "labels.tsv").write_text("\n".join(line + "s" for line in lines) + "\n")
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("p1 " + ",".join(w + "s" for w in WORDS[:4]) + ",zebra\n"
+                       "p2 " + ",".join(w + "s" for w in WORDS[4:]) + "\n")
+    assert main(["eval", str(tiny_weights), "--data", str(folder), "--no-progress"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["eval", str(tiny_weights), "--data", str(folder), "--no-progress", "--lexicon", str(lexicon),
+                 "--output", str(tmp_path / "out")]) == 0
+    snapped = capsys.readouterr().out
+    accuracy = [next(line for line in out.splitlines() if line.startswith("| words")).split("|")[3].strip()
+                for out in (plain, snapped)]
+    assert accuracy == ["0.00", "100.00"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["meta"]["lexicon"] == str(lexicon)
+    missing = tmp_path / "other.txt"
+    missing.write_text("p1 cats,dogs\n")
+    assert main(["eval", str(tiny_weights), "--data", str(folder), "--no-progress", "--lexicon", str(missing)]) == 2
+    assert "p2_4.png" in capsys.readouterr().err
