@@ -189,6 +189,33 @@ def test_runtime_bad_inputs_like_torch(export_dir, tiny_weights, tmp_path):
     assert "pass its path as str" in results[0][0][-1][1]
 
 
+def test_runtime_orientation_auto_like_torch(export_dir, tiny_weights, tmp_path, capsys):
+    """orientation="auto" on an export folder: each image read in its four turns, the most confident kept, as
+    the torch Recognizer with the same weights does (same readings, turns, confidences)."""
+    import masterocr
+    from masterocr.data.image import rotate_image
+
+    turns = [0, 90, 180, 270]
+    sources = [rotate_image(render_word(w), t) for w, t in zip(WORDS[:4], turns)]  # photos turned by t
+    rec, torch_rec = (masterocr.load(m, orientation="auto") for m in (export_dir, tiny_weights))
+    assert "orientation=auto" in repr(rec)
+    with pytest.warns(UserWarning, match="not an image"):
+        got = rec.read(sources + [b"not an image"], batch_size=3)
+    want = torch_rec.read(sources, batch_size=3)
+    assert [(r.text, r.orientation) for r in got[:4]] == [(r.text, r.orientation) for r in want]
+    assert [(r.text, r.orientation) for r in got[:4]] == [(w, (360 - t) % 360) for w, t in zip(WORDS, turns)]
+    assert [r.confidence for r in got[:4]] == pytest.approx([r.confidence for r in want], abs=1e-4)
+    assert not got[4].ok  # a bad input among turned ones still fails alone
+    assert masterocr.load(export_dir).read(sources[1]).text != WORDS[1]  # upright reading misses the turn
+    with pytest.raises(ValueError, match="orientation 'sideways'"):
+        masterocr.load(export_dir, orientation="sideways")
+    turned = tmp_path / "turned.png"
+    sources[3].save(turned)
+    assert _cli("read", turned, "--model", export_dir, "--orientation", "auto", "--json") == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert (record["text"], record["orientation"]) == (WORDS[3], 90)
+
+
 def test_serve_onnx_backend(export_dir, tiny_weights):
     from masterocr.serve.backends import BACKENDS, load_recognizer, model_display_name
 
@@ -288,6 +315,9 @@ def test_runtime_never_imports_torch(export_dir, tmp_path):
 import masterocr
 rec = masterocr.load({str(export_dir)!r})
 print(",".join(r.text for r in rec.read({paths!r})))
+from masterocr.data.image import load_image, rotate_image
+turned = masterocr.load({str(export_dir)!r}, orientation="auto").read(rotate_image(load_image({paths[0]!r}), 90))
+print(turned.text, turned.orientation)
 from masterocr.cli.main import main
 code = main(["read", *{paths!r}, "--model", {str(export_dir)!r}, "--json"])
 assert code == 0, code
@@ -301,7 +331,8 @@ print("clean")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0] == ",".join(WORDS[:3])
-    assert [json.loads(line)["text"] for line in lines[1:4]] == WORDS[:3]
+    assert lines[1] == f"{WORDS[0]} 270"  # orientation search, torch-free too
+    assert [json.loads(line)["text"] for line in lines[2:5]] == WORDS[:3]
     assert lines[-1] == "clean"
 
 

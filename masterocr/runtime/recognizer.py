@@ -1,8 +1,8 @@
 """OnnxRecognizer: an export folder read with ONNX Runtime, with the torch Recognizer's reading API.
 
-`read()`, `preprocess()`, `predict_batch()` and `predict()` behave as `masterocr.recognizer.Recognizer`'s: the
-same image pipeline (data/image.py), the same read loop (reading.read_batched, so a bad input fails or is
-skipped exactly as there), the same tokenizer turning tokens into text, confidence and per-character
+`read()`, `preprocess()`, `predict_batch()` and `predict()` are `masterocr.recognizer.Recognizer`'s: both
+derive from reading.RecognizerBase (the same image pipeline from data/image.py, the same orientation search,
+the same read loop, so a bad input fails or is skipped exactly as there), the same tokenizer turning tokens into text, confidence and per-character
 probabilities, and the same (len(text), Hf, Wf) attention. Thread safe: ONNX Runtime sessions may be run from
 several threads at once and decoding keeps its state in local variables.
 """
@@ -10,13 +10,11 @@ several threads at once and decoding keeps its state in local variables.
 from __future__ import annotations
 
 import os
-from typing import Sequence
-
 import numpy as np
 
 from masterocr.charset import AttentionTokenizer, CTCTokenizer
-from masterocr.data.image import ImageSource, ImageTransform, Rotate
-from masterocr.reading import ReadResult, prepare, read_batched
+from masterocr.data.image import ImageTransform
+from masterocr.reading import ReadResult, RecognizerBase
 from masterocr.runtime import decoding
 from masterocr.runtime.format import ATTENTION, IMAGES, LOGITS, POSITION, TOKENS, StepIO, step_io
 from masterocr.runtime.graphs import ExportFolder, SessionOptions, open_export
@@ -53,19 +51,21 @@ class SessionRefine:
         return logits, attention
 
 
-class OnnxRecognizer:
+class OnnxRecognizer(RecognizerBase):
     """Reads images with an exported model (see masterocr.export), without torch.
 
     decode_method ("greedy", "beam" or "nar"), beam_width and refine_iters (cloze passes after decoding, for
     exports with a refinement graph) default to the export's decoding defaults and are checked as the torch
     Recognizer checks them; keep_aspect defaults to the resize mode the model was trained with. width: resize
     to this input width instead of the model's (the graphs accept widths in the metadata's width_range; a
-    model trained at one width reads best at that width).
+    model trained at one width reads best at that width). orientation "auto" reads each image in its four
+    turns and keeps the most confident reading (as Recognizer's).
     """
 
     def __init__(self, folder: str | os.PathLike, decode_method: str | None = None, beam_width: int | None = None,
                  keep_aspect: bool | None = None, batch_size: int = 32, width: int | None = None,
-                 threads: int | None = None, options: SessionOptions | None = None, refine_iters: int | None = None):
+                 threads: int | None = None, options: SessionOptions | None = None, refine_iters: int | None = None,
+                 orientation: str = "upright"):
         options = options or SessionOptions(threads=threads)
         self.export: ExportFolder = open_export(folder, options)
         meta = self.metadata = self.export.metadata
@@ -92,6 +92,7 @@ class OnnxRecognizer:
         self.transform = ImageTransform(height, model_width, keep_aspect=keep_aspect,
                                         grayscale=int(meta["in_channels"]) == 1, mean=meta["mean"], std=meta["std"],
                                         pad=meta.get("pad", "zero"), width_step=meta.get("width_step", 0))
+        self.orientation = orientation
         sessions = self.export.sessions
         self.spec = self.step = self.refiner = self.encoder = self.model = None
         if self.kind == "autoregressive":
@@ -133,29 +134,8 @@ class OnnxRecognizer:
             raise ValueError(f"{name} has no cloze refinement: refine_iters={self.refine_iters} is not available "
                              f"(use 0)")
 
-    # ---- configuration (as Recognizer) ----
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.transform.height, self.transform.width
-
-    @property
-    def keep_aspect(self) -> bool:
-        return self.transform.keep_aspect
-
-    def make_transform(self, rotation: int = 0) -> ImageTransform:
-        """This recognizer's image pipeline, optionally rotating each image first (as Recognizer's)."""
-        t = self.transform
-        return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
-                              augment=Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
-                              pad=t.pad, width_step=t.width_step)
-
-    def collate(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
-        """`preprocess` outputs -> one (B, C, H, W) batch; different widths (width_step) padded to the widest
-        as the transform pads (as Recognizer.collate)."""
-        if len({a.shape[-1] for a in prepared}) <= 1:
-            return np.stack(list(prepared))
-        return self.transform.collate(list(prepared))
+    def _from_array(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array, dtype=np.float32)
 
     # ---- the model call ----
 
@@ -190,13 +170,9 @@ class OnnxRecognizer:
             feature_size = (hf, attn.shape[-1] // hf)
         return decoding.finish(ids, probs, attn, self.spec, feature_size)
 
-    def predict(self, images: np.ndarray, need_attention: bool = True) -> list[ReadResult]:
-        """Read a preprocessed batch: images (B, C, H, W) float32 as made by `self.transform`."""
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            return []
+    def _predict(self, images: np.ndarray, need_attention: bool = True) -> list[ReadResult]:
+        """Read a (B, C, H, W) float32 batch made by `self.transform` (RecognizerBase.predict checks the shape
+        and handles orientation search)."""
         ids, probs, chosen, attention = self.decode(images, need_attention)
         if self.kind == "ctc":
             decoded = self.tokenizer.decode(probs)
@@ -208,23 +184,8 @@ class OnnxRecognizer:
             out.append(ReadResult(d.text, float(d.confidence), list(d.char_probs), att))
         return out
 
-    # ---- reading (as Recognizer) ----
-
-    def preprocess(self, source: ImageSource) -> np.ndarray:
-        """One image -> (C, H, W) float32 array. Raises ImageError naming the input."""
-        return prepare(self.transform.array, source)
-
-    def predict_batch(self, prepared: list[np.ndarray], need_attention: bool = True) -> list[ReadResult]:
-        """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
-        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W)
-
-    def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
-             on_error: str = "auto") -> ReadResult | list[ReadResult]:
-        """Read one image or a list (paths, PIL images, NumPy arrays, bytes), batched; see Recognizer.read."""
-        return read_batched(x, self.preprocess, self.predict_batch, batch_size or self.batch_size, on_error)
-
     def __repr__(self) -> str:
         m = self.metadata
         return (f"OnnxRecognizer({m['model_name']}, {m['precision']}, img_size={self.img_size}, "
                 f"keep_aspect={self.keep_aspect}, charset={len(self.tokenizer.charset)} chars, "
-                f"folder={self.export.folder}, decode={self.decode_method})")
+                f"folder={self.export.folder}, decode={self.decode_method}, orientation={self.orientation})")
