@@ -31,8 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-count", type=int, default=256, help="calibration images used (default 256)")
     p.add_argument("--int8-ops", default="all", choices=["all", "conv"],
                    help="with --int8: all (default: the calibrated convolutions and MatMul/Gemm/LSTM, dynamic) or "
-                        "conv (the calibrated convolutions only; the bundled model then keeps fp32's tokens on "
-                        "IIIT5K/train)")
+                        "conv (the calibrated convolutions only; MatMul/Gemm/LSTM stay fp32)")
     p.add_argument("--cache", default=None, choices=["concat", "fixed"],
                    help="key/value cache layout of a transformer decoder step (MASTER, PARSeq): concat (default: "
                         "past of t positions in, t+1 out) or fixed (max_steps slots in and out)")
