@@ -255,6 +255,44 @@ def test_lr_scaling_and_schedules():
         assert lrs[0] < 0.2e-3 and lrs[-1] < 0.05e-3
 
 
+def test_time_budget_drives_the_cosine_and_refuses_onecycle():
+    # The cosine follows whichever of steps or wall-clock time is further along.
+    assert warmup_cosine(10, 1000, 10, 0.1, time_done=1.0) == pytest.approx(0.1)
+    assert warmup_cosine(10, 1000, 10, 0.1, time_done=0.5) == pytest.approx(0.55)
+    assert warmup_cosine(1000, 1000, 10, 0.1, time_done=0.2) == pytest.approx(0.1)
+    assert warmup_cosine(5, 1000, 10, 0.1, time_done=0.9) == pytest.approx(0.6)  # warm-up stays step-based
+    spent = [0.0]
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = build_scheduler(opt, "cosine", total_steps=1000, warmup_steps=2, min_lr_ratio=0.01,
+                            time_done=lambda: spent[0])
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3, rel=1e-3)
+    spent[0] = 1.0
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="max_time needs train.schedule=cosine"):
+        build_scheduler(opt, "onecycle", 100, 10, time_done=lambda: 0.0)
+    from masterocr.training.runner import max_time_delta
+
+    assert max_time_delta(None) is None and max_time_delta(90).total_seconds() == 90
+    with pytest.raises(ValueError, match="train.max_time=-5"):
+        max_time_delta(-5)
+
+
+def test_time_budget_ends_a_run_with_its_weights(tmp_path, words_dir):
+    cfg = tiny_config(tmp_path, words_dir, max_steps=100_000, max_time=4, schedule="cosine", val_every_steps=10_000)
+    out = tmp_path / "run"
+    result = run_cli(["--config", cfg, "--output", out, "--quiet"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert 0 < summary["global_step"] < 100_000 and not summary["interrupted"]
+    assert (out / "weights" / "final.safetensors").exists()
+
+
 def test_ema_tracks_average():
     model = torch.nn.Linear(2, 1)
     w0 = model.weight.detach().clone()

@@ -247,13 +247,23 @@ class RecognitionModule(LightningModule):
                            "steps", warmup, warmup_steps, "half" if schedule == "onecycle" else "all", total,
                            effective)
         warmup_steps = effective
-        scheduler = build_scheduler(optimizer, schedule, total, warmup_steps, float(t.get("min_lr_ratio", 0.01)))
+        scheduler = build_scheduler(optimizer, schedule, total, warmup_steps, float(t.get("min_lr_ratio", 0.01)),
+                                    time_done=self._time_budget_spent() if t.get("max_time") else None)
         if self.global_rank == 0:
             logger.info("optimiser %s: peak lr %.3g (train.lr %.3g at batch %s, global batch %d, %s scaling), "
                         "%s schedule over %d steps, %d warm-up", t.get("optimizer", "adamw"), lr,
                         float(t.get("lr", 4e-4)), t.get("lr_reference_batch", 512), self.global_batch(),
                         t.get("lr_scaling", "sqrt"), t.get("schedule", "onecycle"), total, warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _time_budget_spent(self):
+        """A callable: the share of train.max_time spent so far, read from Lightning's Timer (which a resumed
+        run restores from its checkpoint)."""
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next(c for c in self.trainer.callbacks if isinstance(c, Timer))
+        budget = float(self.train_cfg["max_time"])
+        return lambda: min(1.0, timer.time_elapsed("train") / budget)
 
     # ---- validation ----------------------------------------------------------------------------------------
 

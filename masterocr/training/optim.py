@@ -54,11 +54,13 @@ def build_optimizer(modules: Iterable[nn.Module], name: str, lr: float, weight_d
     raise ValueError(f"train.optimizer={name!r}: choose adam or adamw")
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the peak lr: linear warm-up from ~0, then cosine down to `min_lr_ratio`."""
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float,
+                  time_done: float = 0.0) -> float:
+    """Multiplier of the peak lr: linear warm-up from ~0, then cosine down to `min_lr_ratio`. `time_done`: the
+    share of a wall-clock budget already spent; the cosine follows whichever of steps or time is further."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    progress = min(1.0, max(time_done, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -75,12 +77,17 @@ def effective_warmup(schedule: str, total_steps: int, warmup_steps: int) -> int:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int,
-                    min_lr_ratio: float = 0.01) -> torch.optim.lr_scheduler.LRScheduler:
+                    min_lr_ratio: float = 0.01, time_done=None) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-optimiser-step schedule. All state is plain numbers, so checkpoints load with weights_only=True.
 
     onecycle: torch's OneCycleLR (warm-up over `warmup_steps`, cosine anneal, final lr = peak x min_lr_ratio),
     as PARSeq trains. cosine: linear warm-up, cosine to peak x min_lr_ratio. constant: warm-up, then flat.
+    time_done: a callable giving the share of a wall-clock budget spent (train.max_time); cosine follows it when
+    it runs ahead of the steps. onecycle refuses it: torch's OneCycleLR is indexed by steps only.
     """
+    if time_done is not None and schedule == "onecycle":
+        raise ValueError("train.max_time needs train.schedule=cosine (or constant): the onecycle schedule is "
+                         "indexed by steps only and would stop at full learning rate")
     total_steps = max(1, int(total_steps))
     warmup_steps = max(1, min(int(warmup_steps), total_steps))
     if schedule == "onecycle":
@@ -92,7 +99,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps
             div_factor=div_factor, final_div_factor=1.0 / (max(min_lr_ratio, 1e-8) * div_factor))
     if schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps, min_lr_ratio))
+            optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps, min_lr_ratio,
+                                               time_done() if time_done is not None else 0.0))
     if schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_constant(s, warmup_steps))
     raise ValueError(f"train.schedule={schedule!r}: choose one of {SCHEDULES}")

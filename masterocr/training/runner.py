@@ -41,6 +41,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "accumulate_grad_batches": 1,
     "max_steps": 100_000,             # optimiser steps; null to train by max_epochs
     "max_epochs": None,
+    "max_time": None,                 # wall-clock budget in seconds: training stops there, and the lr schedule
+                                      # ends at whichever of max_steps or max_time comes first
     "optimizer": "adamw",             # adam | adamw
     "lr": 4.0e-4,                     # peak lr at lr_reference_batch images per optimiser step
     "lr_reference_batch": 512,
@@ -281,6 +283,18 @@ class _DropAdverts(logging.Filter):
         return "Tip:" not in str(record.msg)
 
 
+def max_time_delta(value) -> "datetime.timedelta | None":
+    """train.max_time (seconds, > 0, or null) as the Trainer's timedelta."""
+    import datetime
+
+    if value in (None, 0):
+        return None
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError(f"train.max_time={value!r}: give a positive number of seconds, or null for no limit")
+    return datetime.timedelta(seconds=seconds)
+
+
 def build_trainer(t: Mapping[str, Any], dev: Mapping[str, Any], output: str | os.PathLike, has_val: bool,
                   callbacks: list, resume_step: int | None = None, progress: bool = True) -> "pl.Trainer":
     """The Lightning Trainer for `train:` settings `t` and resolved devices `dev` (also used by the benchmark).
@@ -301,6 +315,7 @@ def build_trainer(t: Mapping[str, Any], dev: Mapping[str, Any], output: str | os
     return pl.Trainer(
         accelerator=dev["accelerator"], devices=dev["devices"], num_nodes=dev["num_nodes"], strategy=dev["strategy"],
         precision=dev["precision"], max_steps=max_steps, max_epochs=int(t["max_epochs"]) if t["max_epochs"] else -1,
+        max_time=max_time_delta(t.get("max_time")),
         accumulate_grad_batches=accumulate,
         gradient_clip_val=float(t["gradient_clip"]) if t["gradient_clip"] else None, gradient_clip_algorithm="norm",
         val_check_interval=int(t["val_every_steps"]) * accumulate if has_val else None,

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One lent GPU call (device tool): train the bundled PARSeq on a wall-clock budget, score best/final on the
+# selection sets there, and leave best's fp16 weights in $OUT as <16 MiB parts (`cat part.* > file` joins them).
+# Needs the payload (scripts/gpu_payload.py -> gpu/) and the wheels the machine lacks (.whl/), both carried:
+#   run(command="bash scripts/gpu_run.sh", carry=["gpu", ".whl"])
+# Environment: BUDGET (training seconds, default 400), CONFIG (default bundled-parseq-gpu), EXTRA (overrides),
+# OUT (results), DRY=1 (this machine: no payload unpacking, CPU, the overrides in EXTRA).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+BUDGET=${BUDGET:-400}; CONFIG=${CONFIG:-bundled-parseq-gpu}; EXTRA=${EXTRA:-}
+RUN=${RUN:-/tmp/runs/parseq-gpu}
+PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1
+if [ -z "${DRY:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+  tar xJf gpu/sys.tar.xz -C / || exit 1
+  mkdir -p ../shared && python3 -m zipfile -e gpu/data.zip ../shared/ || exit 1
+  nvidia-smi -L; lscpu | grep -E "Model name|^CPU\(s\)"; python3 -c "import torch; print('torch', torch.__version__)"
+else
+  export PYTHONPATH=$PWD
+fi
+start=$(date +%s)
+$PY -m masterocr.cli.main train --config "$CONFIG" --output "$RUN" train.max_time="$BUDGET" $EXTRA \
+  > "$OUT/train.log" 2>&1
+echo "train exit $? after $(( $(date +%s) - start )) s"
+grep -E "INFO|Error|error" "$OUT/train.log" | grep -v "Validation DataLoader" | tail -40
+cp "$RUN/csv/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
+for w in best final; do
+  f="$RUN/weights/$w.safetensors"
+  [ -f "$f" ] || continue
+  echo "== $w"
+  $PY -m masterocr.cli.main eval "$f" --data ../shared/data/IIIT5K/train --holdout 0.5 --device "$DEVICE" --no-progress 2>&1 | tail -4
+  $PY -m masterocr.cli.main eval "$f" --data ../shared/data/SVT/train --device "$DEVICE" --no-progress 2>&1 | tail -3
+done
+pick="$RUN/weights/best.safetensors"; [ -f "$pick" ] || pick="$RUN/weights/final.safetensors"
+[ -f "$pick" ] && sha256sum "$pick" && split -b 15M -d "$pick" "$OUT/$(basename "$pick").part"
+ls -la "$OUT"; echo "total $(( $(date +%s) - start )) s"
