@@ -353,9 +353,9 @@ class CTCTokenizer(_Tokenizer):
         lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
         return targets, lengths
 
-    def decode(self, probs: torch.Tensor) -> list[Decoded]:
-        """Best-path decoding of frame probabilities (B, T, num_classes): the arg-max class of every frame,
-        repeats collapsed, blanks dropped.
+    def decode(self, probs: torch.Tensor | np.ndarray) -> list[Decoded]:
+        """Best-path decoding of frame probabilities (B, T, num_classes), a tensor or an array: the arg-max
+        class of every frame, repeats collapsed, blanks dropped.
 
         A character's probability is the highest probability any frame of its run gives it (a run: the
         consecutive frames whose arg-max is that character). The confidence is the probability of the whole
@@ -364,8 +364,8 @@ class CTCTokenizer(_Tokenizer):
         tokens' probabilities, end token included) is for its own output; it is at least the best path's
         probability, and for an empty reading it is the probability that every frame is blank.
         """
-        probs = probs.float()
-        max_probs, ids = probs.max(-1)  # (B, T)
+        probs = _float32(probs)
+        ids, max_probs = probs.argmax(-1), probs.max(-1)  # (B, T)
         results, label_ids = [], []
         for row_ids, row_probs in zip(ids.tolist(), max_probs.tolist()):
             chars, char_ids, char_probs, prev = [], [], [], self.blank_id
@@ -383,20 +383,35 @@ class CTCTokenizer(_Tokenizer):
             result.confidence = p
         return results
 
-    def text_probability(self, probs: torch.Tensor, label_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """P(label | frames) for each row: probs (B, T, num_classes), one list of class ids per row -> (B,)."""
-        import torch
-        import torch.nn.functional as F
-
-        b, t = probs.shape[:2]
+    def text_probability(self, probs: torch.Tensor | np.ndarray, label_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """P(label | frames) for each row: probs (B, T, num_classes), one list of class ids per row -> (B,)
+        float32. The CTC forward algorithm in log space (float64), vectorised over the batch; it computes what
+        exp(-torch.nn.functional.ctc_loss) does, in NumPy so that the torch-free runtime shares it."""
+        log_probs = np.log(np.maximum(_float32(probs), np.float32(1e-30))).astype(np.float64)  # (B, T, C)
+        b, t = log_probs.shape[:2]
         if b == 0:
-            return probs.new_zeros(0)
-        width = max([len(ids) for ids in label_ids] + [1])
-        targets = torch.zeros((b, width), dtype=torch.long)
+            return np.zeros(0, np.float32)
+        lengths = np.array([len(ids) for ids in label_ids])
+        s = 2 * max(int(lengths.max()), 0) + 1  # extended labels: blank, l1, blank, l2, ..., blank
+        ext = np.full((b, s), self.blank_id, np.int64)
         for row, ids in enumerate(label_ids):
-            targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        lengths = torch.tensor([len(ids) for ids in label_ids], dtype=torch.long)
-        log_probs = probs.float().cpu().clamp_min(1e-30).log().transpose(0, 1)  # (T, B, C)
-        nll = F.ctc_loss(log_probs, targets, torch.full((b,), t, dtype=torch.long), lengths,
-                         blank=self.blank_id, reduction="none")  # (B,) -log P(label)
-        return torch.exp(-nll.double()).float().clamp(0.0, 1.0)
+            ext[row, 1 : 2 * len(ids) : 2] = ids
+        valid = np.arange(s)[None, :] < (2 * lengths + 1)[:, None]  # (B, S)
+        # A label may skip the blank before it unless it repeats the label two positions back.
+        skip = np.zeros((b, s), bool)
+        skip[:, 2:] = (ext[:, 2:] != self.blank_id) & (ext[:, 2:] != ext[:, :-2])
+        emit = np.take_along_axis(log_probs, np.broadcast_to(ext[:, None, :], (b, t, s)), 2)  # (B, T, S)
+        alpha = np.full((b, s), -np.inf)
+        alpha[:, 0] = emit[:, 0, 0]
+        if s > 1:
+            alpha[:, 1] = np.where(lengths > 0, emit[:, 0, 1], -np.inf)
+        for frame in range(1, t):
+            stay = alpha
+            advance = np.concatenate([np.full((b, 1), -np.inf), alpha[:, :-1]], 1)
+            jump = np.where(skip, np.concatenate([np.full((b, 2), -np.inf), alpha[:, :-2]], 1)[:, :s], -np.inf)
+            alpha = np.logaddexp(np.logaddexp(stay, advance), jump) + emit[:, frame]
+            alpha = np.where(valid, alpha, -np.inf)
+        rows = np.arange(b)
+        end = alpha[rows, 2 * lengths]  # ending on the last blank or on the last label
+        last = np.where(lengths > 0, alpha[rows, np.maximum(2 * lengths - 1, 0)], -np.inf)
+        return np.clip(np.exp(np.logaddexp(end, last)), 0.0, 1.0).astype(np.float32)

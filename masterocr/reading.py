@@ -1,5 +1,7 @@
-"""What every recognizer returns and how it reads a list of inputs: shared by the torch `Recognizer` and the
-torch-free runtime, so both behave the same for good and bad input. Imports neither torch nor models.
+"""What every recognizer returns, how it reads a list of inputs, and the reading half of a recognizer
+(`RecognizerBase`: image pipeline, orientation search, batching): shared by the torch `Recognizer` and the
+torch-free runtime's `OnnxRecognizer`, so both behave the same for good and bad input. Imports neither torch
+nor models.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from masterocr.data.image import ImageError, ImageSource
+from masterocr.data.image import ROTATIONS, ImageError, ImageSource, ImageTransform, OrientationViews, Rotate
 
 ON_ERROR = ("auto", "raise", "skip")
+ORIENTATIONS = ("upright", "auto")
 Prepared = TypeVar("Prepared")
 
 
@@ -107,4 +110,122 @@ def read_batched(sources: ImageSource | Sequence[ImageSource], prepare: Callable
     return results[0] if single else results  # type: ignore[return-value]
 
 
-__all__ = ["ON_ERROR", "ReadResult", "failed", "is_single", "looks_like_path", "prepare", "read_batched"]
+def most_confident_turns(readings: list[ReadResult], views: int) -> list[ReadResult]:
+    """Readings of B images' `views` turns each (image-major, turns in ROTATIONS order) -> per image the most
+    confident one, its `orientation` set to the turn that gave it."""
+    out = []
+    for start in range(0, len(readings), views):
+        group = readings[start:start + views]
+        best = max(range(views), key=lambda v: group[v].confidence)  # ties: the first turn (upright)
+        group[best].orientation = ROTATIONS[best]
+        out.append(group[best])
+    return out
+
+
+class RecognizerBase:
+    """The reading half every recognizer shares, whatever runs the model (torch, ONNX Runtime).
+
+    A subclass sets `self.transform` (its ImageTransform), `self.batch_size` and `self.orientation`, and
+    provides `_predict(images, need_attention)` for a (B, C, H, W) batch of its own array type, and
+    `_from_array(array)` turning a NumPy array into that type. This class gives the image pipeline
+    (`preprocess`, `collate`, `make_transform`), orientation search (`orientation="auto"`: every image read in
+    its four turns, the most confident reading kept) and the read loop (`read`, `predict_batch`).
+    """
+
+    transform: ImageTransform
+    batch_size: int
+
+    def _from_array(self, array: np.ndarray) -> Any:
+        """A NumPy float32 array -> what `_predict` takes."""
+        raise NotImplementedError
+
+    def _predict(self, images: Any, need_attention: bool) -> list[ReadResult]:
+        """Read a non-empty (B, C, H, W) batch."""
+        raise NotImplementedError
+
+    # ---- configuration ----
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.transform.height, self.transform.width
+
+    @property
+    def keep_aspect(self) -> bool:
+        return self.transform.keep_aspect
+
+    @property
+    def orientation(self) -> str:
+        """"upright": read images as they are; "auto": read each in its four turns (0/90/180/270) and keep the
+        most confident reading (4x the model work), for text of unknown orientation."""
+        return self._orientation
+
+    @orientation.setter
+    def orientation(self, value: str) -> None:
+        if value not in ORIENTATIONS:
+            raise ValueError(f"orientation {value!r}: choose one of {ORIENTATIONS}")
+        self._orientation = value
+        self._input = self.make_transform()
+
+    def make_transform(self, rotation: int = 0) -> ImageTransform | OrientationViews:
+        """This recognizer's image pipeline, optionally rotating each image first (robustness tests); with
+        orientation "auto" it gives each image's four turns (see OrientationViews)."""
+        t = self.transform
+        if self.orientation == "auto":
+            return OrientationViews(t, rotation)
+        return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
+                              augment=Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
+                              pad=t.pad, width_step=t.width_step)
+
+    def collate(self, prepared: Sequence[Any]) -> Any:
+        """`preprocess` outputs -> one (B, C, H, W) batch, or (B, 4, C, H, W) with orientation "auto"; images
+        of different widths (a transform with width_step) are padded to the widest as the transform pads."""
+        arrays = [np.asarray(p, dtype=np.float32) for p in prepared]
+        if len({a.shape[-1] for a in arrays}) <= 1:
+            return self._from_array(np.stack(arrays))
+        return self._from_array(self.transform.collate(arrays))
+
+    # ---- the model call ----
+
+    def predict(self, images: Any, need_attention: bool = True) -> list[ReadResult]:
+        """Read a preprocessed batch: images (B, C, H, W) as made by `self.transform`, or (B, 4, C, H, W) as
+        made by the orientation search's views (the most confident turn of each image is kept).
+
+        need_attention=False skips collecting the cross-attention maps (evaluation does not need them).
+        """
+        if isinstance(images, np.ndarray):
+            images = self._from_array(images)
+        if images.ndim == 5:  # (B, 4, C, H, W): each image in its four turns (orientation search)
+            views = int(images.shape[1])
+            flat = self.predict(images.reshape(-1, *images.shape[2:]), need_attention)  # (B * 4) readings
+            return most_confident_turns(flat, views)
+        if images.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W) or (B, 4, C, H, W), got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            return []
+        return self._predict(images, need_attention)
+
+    # ---- reading ----
+
+    def preprocess(self, source: ImageSource) -> Any:
+        """One image -> (C, H, W), or (4, C, H, W) with orientation "auto". Raises ImageError naming the
+        input."""
+        return self._from_array(prepare(self._input.array, source))
+
+    def predict_batch(self, prepared: list[Any], need_attention: bool = True) -> list[ReadResult]:
+        """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
+        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W) or (B, 4, C, H, W)
+
+    def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
+             on_error: str = "auto") -> ReadResult | list[ReadResult]:
+        """Read one image or a list of images (paths, PIL images, NumPy arrays, bytes), batched.
+
+        A list gives one ReadResult per input, in order; an input that cannot be read gives a result whose
+        `error` names it (empty text), and the others are still read. on_error="raise" raises ImageError
+        instead; "auto" (default) raises for a single input and skips in a list (see read_batched).
+        """
+        return read_batched(x, self.preprocess, self.predict_batch,
+                            self.batch_size if batch_size is None else batch_size, on_error)
+
+
+__all__ = ["ON_ERROR", "ORIENTATIONS", "ReadResult", "RecognizerBase", "failed", "is_single", "looks_like_path",
+           "most_confident_turns", "prepare", "read_batched"]

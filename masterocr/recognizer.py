@@ -12,22 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import warnings
-from typing import Sequence
 
+import numpy as np
 import torch
 
-from masterocr.data.image import (ROTATIONS, ImageSource, ImageTransform, OrientationViews,  # noqa: F401
-                                  rotate_image)
-from masterocr.data.image import Rotate as _Rotate
+from masterocr.data.image import ROTATIONS, ImageSource, ImageTransform, rotate_image  # noqa: F401
 from masterocr.figures import attention_figure, heat_colors  # noqa: F401 (re-exported: torch-free home)
-from masterocr.reading import ReadResult, prepare, read_batched
+from masterocr.reading import ORIENTATIONS, ReadResult, RecognizerBase  # noqa: F401 (ORIENTATIONS re-exported)
 
 # Bundled model preferred by `load()` without a name, when several are bundled.
 PREFERRED_DEFAULTS = ("master-small", "master", "master-tiny")
 DECODE_METHODS = ("greedy", "beam", "nar")
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-ORIENTATIONS = ("upright", "auto")
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -53,8 +49,12 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-class Recognizer:
-    """A model ready to read images: `read(x)` with a path, PIL image, NumPy array or bytes, or a list."""
+class Recognizer(RecognizerBase):
+    """A model ready to read images: `read(x)` with a path, PIL image, NumPy array or bytes, or a list.
+
+    The image pipeline, orientation search and read loop are RecognizerBase's (shared with the runtime's
+    OnnxRecognizer); this class runs the model with torch.
+    """
 
     def __init__(self, model: torch.nn.Module, model_cfg: dict | None = None, device: str | torch.device = "cpu",
                  decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
@@ -97,43 +97,8 @@ class Recognizer:
             self.device = device
         return self
 
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.transform.height, self.transform.width
-
-    @property
-    def keep_aspect(self) -> bool:
-        return self.transform.keep_aspect
-
-    @property
-    def orientation(self) -> str:
-        """"upright": read images as they are; "auto": read each in its four turns (0/90/180/270) and keep the
-        most confident reading (4x the model work), for text of unknown orientation."""
-        return self._orientation
-
-    @orientation.setter
-    def orientation(self, value: str) -> None:
-        if value not in ORIENTATIONS:
-            raise ValueError(f"orientation {value!r}: choose one of {ORIENTATIONS}")
-        self._orientation = value
-        self._input = self.make_transform()
-
-    def make_transform(self, rotation: int = 0) -> ImageTransform | OrientationViews:
-        """This recognizer's image pipeline, optionally rotating each image first (robustness tests); with
-        orientation "auto" it gives each image's four turns (see OrientationViews)."""
-        t = self.transform
-        if self.orientation == "auto":
-            return OrientationViews(t, rotation)
-        return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
-                              augment=_Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
-                              pad=t.pad, width_step=t.width_step)
-
-    def collate(self, prepared: Sequence[torch.Tensor]) -> torch.Tensor:
-        """`preprocess` outputs -> one (B, C, H, W) batch, or (B, 4, C, H, W) with orientation "auto"; images
-        of different widths (a transform with width_step) are padded to the widest as the transform pads."""
-        if len({t.shape[-1] for t in prepared}) <= 1:
-            return torch.stack(list(prepared))
-        return torch.from_numpy(self.transform.collate([t.numpy() for t in prepared]))
+    def _from_array(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array)
 
     def _autocast(self):
         dtype = _PRECISIONS[self.precision]
@@ -143,27 +108,11 @@ class Recognizer:
 
     # ---- the model call ----
 
-    def predict(self, images: torch.Tensor, need_attention: bool = True) -> list[ReadResult]:
-        """Read a preprocessed batch: images (B, C, H, W) as made by `self.transform`.
-
-        need_attention=False skips collecting the cross-attention maps (evaluation does not need them).
-        """
+    def _predict(self, images: torch.Tensor, need_attention: bool = True) -> list[ReadResult]:
+        """Read a (B, C, H, W) batch made by `self.transform` (RecognizerBase.predict checks the shape and
+        handles orientation search). need_attention=False skips collecting the cross-attention maps."""
         from masterocr.decoding import decode
 
-        if images.dim() == 5:  # (B, 4, C, H, W): each image in its four turns (orientation search)
-            batch, views = images.shape[:2]
-            flat = self.predict(images.flatten(0, 1), need_attention)  # B * 4 readings
-            out = []
-            for i in range(batch):
-                group = flat[i * views:(i + 1) * views]
-                best = max(range(views), key=lambda v: group[v].confidence)  # the most confident turn
-                group[best].orientation = ROTATIONS[best]
-                out.append(group[best])
-            return out
-        if images.dim() != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W) or (B, 4, C, H, W), got {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            return []
         with self._lock, torch.inference_mode(), self._autocast():
             images = images.to(self.device, non_blocking=True)
             result = decode(self.model, images, method=self.decode_method, beam_width=self.beam_width,
@@ -181,34 +130,11 @@ class Recognizer:
             out.append(ReadResult(d.text, float(d.confidence), list(d.char_probs), att))
         return out
 
-    # ---- reading ----
-
-    def preprocess(self, source: ImageSource) -> torch.Tensor:
-        """One image -> (C, H, W) tensor, or (4, C, H, W) with orientation "auto". Raises ImageError naming
-        the input."""
-        return prepare(self._input, source)
-
-    def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
-             on_error: str = "auto") -> ReadResult | list[ReadResult]:
-        """Read one image or a list of images (paths, PIL images, NumPy arrays, bytes), batched.
-
-        A list gives one ReadResult per input, in order; an input that cannot be read gives a result whose
-        `error` names it (empty text), and the others are still read. on_error="raise" raises ImageError
-        instead; "auto" (default) raises for a single input and skips in a list (see reading.read_batched).
-        """
-        return read_batched(x, self.preprocess, self.predict_batch,
-                            self.batch_size if batch_size is None else batch_size, on_error)
-
-    def predict_batch(self, prepared: list[torch.Tensor], need_attention: bool = True) -> list[ReadResult]:
-        """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
-        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W) or (B, 4, C, H, W)
-
     def __repr__(self) -> str:
         name = self.model_cfg.get("name", type(self.model).__name__)
         return (f"Recognizer({name}, img_size={self.img_size}, keep_aspect={self.keep_aspect}, "
                 f"charset={len(self.tokenizer.charset)} chars, device={self.device}, decode={self.decode_method}, "
                 f"orientation={self.orientation})")
-
 
 
 def default_model_name() -> str:

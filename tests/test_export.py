@@ -95,7 +95,9 @@ def test_export_writes_checked_graphs_with_metadata(export_dir, tiny_weights):
     assert meta["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz" and meta["max_label_length"] == 8
     assert meta["img_size"] == [32, 64] and meta["keep_aspect"] is False and meta["in_channels"] == 3
     assert (meta["mean"], meta["std"], meta["pad"], meta["width_step"]) == (0.5, 0.5, "zero", 0)
-    assert meta["max_steps"] == 9 and meta["decoding_defaults"] == {"method": "greedy", "beam_width": 5}
+    assert meta["max_steps"] == 9 and meta["num_classes"] == 37
+    assert meta["decoding_defaults"] == {"method": "greedy", "beam_width": 5, "refine_iters": 0}
+    assert meta["decoder"]["kind"] == "transformer" and meta["cache"] == "concat"
     assert meta["precision"] == "fp32" and meta["opset"] == 18 and meta["model_config"]["d_model"] == cfg["d_model"]
     assert meta["width_range"][0] <= 64 <= meta["width_range"][1] and meta["feature_height"] == 4
     # Dynamic batch and width in the graphs themselves.
@@ -106,8 +108,9 @@ def test_export_writes_checked_graphs_with_metadata(export_dir, tiny_weights):
 def test_export_refusals(tiny_weights, tmp_path, capsys):
     from masterocr.export import ExportError, exporter_for
 
-    with pytest.raises(ExportError, match="'crnn' cannot be exported.*exportable models: master"):
-        exporter_for("crnn")
+    with pytest.raises(ExportError, match="'nosuch' cannot be exported.*exportable models: crnn, master, parseq, "
+                                          "seq2seq, trba, vitstr"):
+        exporter_for("nosuch")
     assert _cli("export", tiny_weights, "-o", tmp_path / "x", "--opset", "9") == 2
     assert "opset 9 is not supported" in capsys.readouterr().err
     test_split = tmp_path / "IIIT5K" / "test"
@@ -186,6 +189,33 @@ def test_runtime_bad_inputs_like_torch(export_dir, tiny_weights, tmp_path):
     assert "pass its path as str" in results[0][0][-1][1]
 
 
+def test_runtime_orientation_auto_like_torch(export_dir, tiny_weights, tmp_path, capsys):
+    """orientation="auto" on an export folder: each image read in its four turns, the most confident kept, as
+    the torch Recognizer with the same weights does (same readings, turns, confidences)."""
+    import masterocr
+    from masterocr.data.image import rotate_image
+
+    turns = [0, 90, 180, 270]
+    sources = [rotate_image(render_word(w), t) for w, t in zip(WORDS[:4], turns)]  # photos turned by t
+    rec, torch_rec = (masterocr.load(m, orientation="auto") for m in (export_dir, tiny_weights))
+    assert "orientation=auto" in repr(rec)
+    with pytest.warns(UserWarning, match="not an image"):
+        got = rec.read(sources + [b"not an image"], batch_size=3)
+    want = torch_rec.read(sources, batch_size=3)
+    assert [(r.text, r.orientation) for r in got[:4]] == [(r.text, r.orientation) for r in want]
+    assert [(r.text, r.orientation) for r in got[:4]] == [(w, (360 - t) % 360) for w, t in zip(WORDS, turns)]
+    assert [r.confidence for r in got[:4]] == pytest.approx([r.confidence for r in want], abs=1e-4)
+    assert not got[4].ok  # a bad input among turned ones still fails alone
+    assert masterocr.load(export_dir).read(sources[1]).text != WORDS[1]  # upright reading misses the turn
+    with pytest.raises(ValueError, match="orientation 'sideways'"):
+        masterocr.load(export_dir, orientation="sideways")
+    turned = tmp_path / "turned.png"
+    sources[3].save(turned)
+    assert _cli("read", turned, "--model", export_dir, "--orientation", "auto", "--json") == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert (record["text"], record["orientation"]) == (WORDS[3], 90)
+
+
 def test_serve_onnx_backend(export_dir, tiny_weights):
     from masterocr.serve.backends import BACKENDS, load_recognizer, model_display_name
 
@@ -242,6 +272,26 @@ def test_int8_export_quantizes_and_reads(int8_dir, export_dir):
     assert sum(t == w for t, w in zip(texts, WORDS)) >= len(WORDS) - 1, texts
 
 
+def test_int8_convolutions_only(export_dir, train_images, tmp_path, capsys):
+    """--int8-ops conv: the calibrated convolutions int8, the attention projections and the step fp32."""
+    import masterocr
+
+    out = tmp_path / "conv-int8"
+    assert _cli("export", export_dir, "-o", out, "--int8", "--int8-ops", "conv", "--calibration", train_images,
+                "--calibration-count", 16) == 0
+    meta = _metadata(out / "encoder.onnx")
+    assert meta["quantization"]["summary"] == "fp32 MatMul, int8 Conv"
+    encoder_ops = {n.op_type for n in onnx.load(str(out / "encoder.onnx")).graph.node}
+    step_ops = {n.op_type for n in onnx.load(str(out / "decoder_step.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= encoder_ops
+    assert not (encoder_ops | step_ops) & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+    texts = [r.text for r in masterocr.load(out).read([render_word(w) for w in WORDS])]
+    assert sum(t == w for t, w in zip(texts, WORDS)) >= len(WORDS) - 1, texts
+    capsys.readouterr()
+    assert _cli("export", export_dir, "-o", tmp_path / "x", "--int8", "--int8-ops", "conv") == 2
+    assert "--int8-ops conv quantizes only the convolutions" in capsys.readouterr().err
+
+
 # ---- no torch --------------------------------------------------------------------------------------------
 
 BLOCK_TORCH = """
@@ -265,6 +315,9 @@ def test_runtime_never_imports_torch(export_dir, tmp_path):
 import masterocr
 rec = masterocr.load({str(export_dir)!r})
 print(",".join(r.text for r in rec.read({paths!r})))
+from masterocr.data.image import load_image, rotate_image
+turned = masterocr.load({str(export_dir)!r}, orientation="auto").read(rotate_image(load_image({paths[0]!r}), 90))
+print(turned.text, turned.orientation)
 from masterocr.cli.main import main
 code = main(["read", *{paths!r}, "--model", {str(export_dir)!r}, "--json"])
 assert code == 0, code
@@ -278,7 +331,8 @@ print("clean")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0] == ",".join(WORDS[:3])
-    assert [json.loads(line)["text"] for line in lines[1:4]] == WORDS[:3]
+    assert lines[1] == f"{WORDS[0]} 270"  # orientation search, torch-free too
+    assert [json.loads(line)["text"] for line in lines[2:5]] == WORDS[:3]
     assert lines[-1] == "clean"
 
 

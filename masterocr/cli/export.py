@@ -11,10 +11,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "export", help="export a model to ONNX for the torch-free runtime (ONNX Runtime)",
-        description="Export MODEL (bundled name, .safetensors or .ckpt) into the folder DIR: for MASTER an encoder "
-                    "graph and a decoder-step graph with a key/value cache, each carrying the model's metadata "
-                    "(charset, image size, resize mode, normalisation, decoding defaults), so the folder alone "
-                    "reads images: `masterocr read IMAGES --model DIR` or `masterocr.load(DIR)`.")
+        description="Export MODEL (bundled name, .safetensors or .ckpt) into the folder DIR: for MASTER and PARSeq "
+                    "an encoder graph and a decoder-step graph with a key/value cache (and PARSeq's refinement "
+                    "graph), for TRBA and seq2seq an encoder and a step over the recurrent state, for ViTSTR and "
+                    "CRNN one graph; each carries the model's metadata (charset, image size, resize mode, "
+                    "normalisation, decoding defaults), so the folder alone reads images: "
+                    "`masterocr read IMAGES --model DIR` or `masterocr.load(DIR)`.")
     p.add_argument("model", metavar="MODEL",
                    help="bundled model name, .safetensors or .ckpt; or, with --int8, an fp32 export folder")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="export folder (created; graphs replaced)")
@@ -27,20 +29,23 @@ def register(subparsers) -> None:
                    help="with --int8: images of a TRAINING split (labels.tsv folder, LMDB or image folder) to "
                         "calibrate a static int8 quantization of the convolutions; without it they stay fp32")
     p.add_argument("--calibration-count", type=int, default=256, help="calibration images used (default 256)")
-    p.add_argument("--cache", default="concat", choices=["concat", "fixed"],
-                   help="decoder-step cache layout: concat (default: past of t positions in, t+1 out) or fixed "
-                        "(max_steps slots in and out)")
+    p.add_argument("--int8-ops", default="all", choices=["all", "conv"],
+                   help="with --int8: all (default: the calibrated convolutions and MatMul/Gemm/LSTM, dynamic) or "
+                        "conv (the calibrated convolutions only; MatMul/Gemm/LSTM stay fp32)")
+    p.add_argument("--cache", default=None, choices=["concat", "fixed"],
+                   help="key/value cache layout of a transformer decoder step (MASTER, PARSeq): concat (default: "
+                        "past of t positions in, t+1 out) or fixed (max_steps slots in and out)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from masterocr.export import export_model
 
-    if args.calibration and not args.int8:
-        raise ValueError("--calibration is used by --int8 only")
+    if (args.calibration or args.int8_ops != "all") and not args.int8:
+        raise ValueError("--calibration and --int8-ops are used by --int8 only")
     result = export_model(args.model, args.output, format=args.format, int8=args.int8, opset=args.opset,
                           cache=args.cache, calibration=args.calibration,
-                          calibration_count=args.calibration_count)
+                          calibration_count=args.calibration_count, int8_ops=args.int8_ops)
     meta = result.metadata
     for role, size in result.sizes().items():
         print(f"{result.graphs[role]}\t{role}\t{size / 1e6:.1f} MB")

@@ -75,11 +75,6 @@ def load_recognizer(model: str | None, backend: str = "auto", **options):
         print(f"masterocr: exporting {source} to {folder} for the onnx backend", file=sys.stderr)
         export_model(source, folder)
         model = folder
-    if is_export_folder(model) and "refine_iters" in options:
-        if options.pop("refine_iters") is not None:
-            raise ValueError("--refine is an option of PARSeq's torch decoding, not of export folders")
-    if is_export_folder(model) and options.pop("orientation", "upright") != "upright":
-        raise ValueError("--orientation auto is not available on the onnx backend yet; use the torch backend")
     return load(model, **options)
 
 

@@ -1,10 +1,18 @@
 """torch -> ONNX: `export_model(weights, out_dir)` writes an export folder the torch-free runtime reads.
 
 Each model family states how it exports in one file, `export/<family>.py`, registered in EXPORTERS by the model
-config's `name`. An exporter receives the loaded model and the metadata common to every graph, writes its graphs
-as plain ONNX files and returns {role: path}; this module then writes the metadata into each graph, runs the
-ONNX checker and, with int8=True, quantizes them (export/quantize.py). The folder format is described in
-masterocr/runtime/format.py.
+config's `name` (what each writes is in its docstring):
+
+    master, parseq   encoder + decoder step with a key/value cache (+ a refinement graph for PARSeq's NAR and
+                     cloze passes)
+    trba, seq2seq    encoder + decoder step over the recurrent state (TPS and BiLSTMs inside the encoder)
+    vitstr           one graph: images -> logits of every position
+    crnn             one graph: images -> CTC frame logits (dynamic width)
+
+An exporter receives the loaded model and the metadata common to every graph, writes its graphs as plain ONNX
+files and returns {role: path}; this module then writes the metadata into each graph, runs the ONNX checker
+and, with int8=True, quantizes them (export/quantize.py). The folder format is described in
+masterocr/runtime/format.py. A family without an exporter is refused with the list of those that have one.
 """
 
 from __future__ import annotations
@@ -21,9 +29,14 @@ from typing import Any, Sequence
 from masterocr.runtime.format import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, GRAPH_FILES, MAX_OPSET, METADATA_KEY, \
     MIN_OPSET
 
-# model config name -> "module:function"(model, model_cfg, out_dir, metadata, opset) -> {role: path}
+# model config name -> "module:function"(model, metadata, out_dir, opset, cache) -> {role: path}
 EXPORTERS: dict[str, str] = {
     "master": "masterocr.export.master:export_master",
+    "parseq": "masterocr.export.parseq:export_parseq",
+    "vitstr": "masterocr.export.vitstr:export_vitstr",
+    "crnn": "masterocr.export.crnn:export_crnn",
+    "trba": "masterocr.export.trba:export_trba",
+    "seq2seq": "masterocr.export.trba:export_trba",
 }
 FORMATS = ("onnx",)
 
@@ -89,19 +102,22 @@ def check_graph(path: Path) -> None:
 
 
 def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx",
-                 int8: bool = False, opset: int = DEFAULT_OPSET, cache: str = "concat",
+                 int8: bool = False, opset: int = DEFAULT_OPSET, cache: str | None = None,
                  calibration: Sequence[str | os.PathLike] | None = None, calibration_count: int = 256,
-                 use_ema: bool = True, keep_aspect: bool | None = None) -> ExportResult:
+                 use_ema: bool = True, keep_aspect: bool | None = None, int8_ops: str = "all") -> ExportResult:
     """Export weights (bundled name, .safetensors, .ckpt) to `out_dir` (created; its graphs are replaced).
 
     int8: quantize the graphs (export/quantize.py); `calibration` names image folders/datasets from a
-    training split for the static quantization of convolutions (none: convolutions stay fp32). With int8, the
+    training split for the static quantization of convolutions (none: convolutions stay fp32); int8_ops
+    "conv" quantizes only those convolutions (MatMul/Gemm/LSTM stay fp32). With int8, the
     source may also be an fp32 export folder: its graphs are quantized into `out_dir` without torch export.
-    cache: the decoder step's self-attention cache layout ("concat" or "fixed", see runtime/format.py).
+    cache: the decoder step's self-attention cache layout of a transformer decoder ("concat", the default, or
+    "fixed", see runtime/format.py); models without a key/value cache refuse a layout.
     """
     import torch
 
     from masterocr import __version__
+    from masterocr.decoding import default_refine_iters
     from masterocr.models.layers import fold_batchnorm
     from masterocr.recognizer import stored_preprocessing
     from masterocr.weights import load_model, resolve_model_config
@@ -110,6 +126,9 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         raise ExportError(f"export format {format!r}: choose one of {', '.join(FORMATS)}")
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported: the runtime reads opsets {MIN_OPSET} to {MAX_OPSET}")
+    if int8 and int8_ops == "conv" and not calibration:
+        raise ExportError("--int8-ops conv quantizes only the convolutions, statically: give calibration images "
+                          "from a training split (--calibration)")
     if calibration:
         from masterocr.export.quantize import refuse_test_split
 
@@ -118,7 +137,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
     if os.path.isdir(name_or_path):
         if not int8:
             raise ExportError(f"{name_or_path}: already an export folder (give weights, or --int8 to quantize it)")
-        return _quantize_folder(Path(name_or_path), Path(out_dir), calibration, calibration_count)
+        return _quantize_folder(Path(name_or_path), Path(out_dir), calibration, calibration_count, int8_ops)
     model, model_cfg = load_model(name_or_path, device="cpu", use_ema=use_ema)
     family = str(model_cfg.get("name", ""))
     export = exporter_for(family)
@@ -138,6 +157,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         "masterocr_version": __version__,
         "charset": model.tokenizer.charset,
         "max_label_length": int(model.tokenizer.max_length),
+        "num_classes": int(model.num_classes),
         "img_size": [int(v) for v in model.img_size],
         "in_channels": int(model.in_channels),
         "keep_aspect": bool(keep_aspect),
@@ -145,7 +165,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         "width_step": int(stored.get("width_step", 0)),
         "mean": float(defaults.mean),
         "std": float(defaults.std),
-        "decoding_defaults": {"method": "greedy", "beam_width": 5},
+        "decoding_defaults": {"method": "greedy", "beam_width": 5, "refine_iters": default_refine_iters(model)},
         "precision": "fp32",
         "opset": int(opset),
         "model_config": resolve_model_config(model_cfg),
@@ -162,7 +182,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         from masterocr.export.quantize import quantize_export
 
         metadata["precision"] = "int8"
-        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
+        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count, int8_ops)
     return _finish(folder, graphs, metadata)
 
 
@@ -173,7 +193,7 @@ def _finish(folder: Path, graphs: dict[str, Path], metadata: dict) -> ExportResu
     return ExportResult(folder, graphs, metadata)
 
 
-def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: int) -> ExportResult:
+def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: int, ops: str) -> ExportResult:
     """An int8 copy of an fp32 export folder (new export id, so its graphs never pass for the source's)."""
     import shutil
 
@@ -200,7 +220,7 @@ def _quantize_folder(src: Path, out_dir: Path, calibration, calibration_count: i
         graphs = {role: Path(tmp) / name for role, name in metadata["graphs"].items()}
         for role, name in metadata["graphs"].items():
             shutil.copyfile(src / name, graphs[role])
-        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count)
+        metadata["quantization"] = quantize_export(graphs, metadata, calibration, calibration_count, ops)
         _finish(Path(tmp), graphs, metadata)
         final = {role: out_dir / path.name for role, path in graphs.items()}
         for role, path in graphs.items():

@@ -1,11 +1,15 @@
 """Decoding in NumPy over exported graphs: the same algorithms as masterocr.decoding, step for step.
 
-Autoregressive models: the encoder graph projects the memory's cross-attention keys/values once, then a
-decoder-step graph runs one position at a time against a self-attention cache (`Step`). Greedy decoding stops
-when every row has ended and drops ended rows from the running batch (cache included) whenever at most half
-of the rows still run, as `decoding._greedy_cached` does; beam search is `decoding._beam` in NumPy. The
-results are blanked after each row's first EOS exactly as `decoding._finish` blanks them, so texts,
-confidences, per-character probabilities and attention come out as the torch path's.
+Autoregressive models: the encoder graph gives what the decoder reads once per image (the memory's
+cross-attention keys/values, or an RNN decoder's memory and its attention projection), then a decoder-step
+graph runs one position at a time against the state carried from step to step (`Step`: a self-attention
+cache or a recurrent state). Greedy decoding stops when every row has ended and drops ended rows from the
+running batch (state and memory included) whenever at most half of the rows still run, as
+`decoding._greedy_cached` does; beam search is `decoding._beam` in NumPy; `refine` is `decoding._refine` (a
+cloze pass over the reading so far; from an empty reading it is the non-autoregressive pass). Parallel
+models give every position at once (`parallel`). The results are blanked after each row's first EOS exactly
+as `decoding._finish` blanks them, so texts, confidences, per-character probabilities and attention come out
+as the torch path's. CTC readings are decoded by charset.CTCTokenizer, as on the torch path.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-METHODS = ("greedy", "beam")
+METHODS = ("greedy", "beam", "nar")
 
-# step(tokens (R,) int64, position, past caches, memory K/V) -> logits (R, C), present caches, attention (R, N)
+# step(tokens (R,) int64, position, past state, memory) -> logits (R, C), present state, attention (R, N)
 Step = Callable[[np.ndarray, int, list, list], tuple[np.ndarray, list, np.ndarray]]
+# refine(reading (B, T) int64, memory) -> logits (B, T, C), attention (B, T, N)
+Refine = Callable[[np.ndarray, list], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -30,15 +36,12 @@ class ARSpec:
     pad: int
     num_classes: int
     max_steps: int
-    heads: int
-    head_dim: int
-    layers: int
-    cache: str  # "concat" or "fixed"
+    state_shapes: Sequence[tuple[int, ...]]  # each past tensor's shape per batch row at the first step
 
     def empty_cache(self, rows: int) -> list[np.ndarray]:
-        """The step's first past: no positions (concat) or max_steps zero slots (fixed), per layer k and v."""
-        length = 0 if self.cache == "concat" else self.max_steps
-        return [np.zeros((rows, self.heads, length, self.head_dim), np.float32) for _ in range(2 * self.layers)]
+        """The step's first past: zeros (a transformer's concat cache has no positions yet; a fixed cache has
+        max_steps zero slots; a recurrent state starts at zero)."""
+        return [np.zeros((rows, *shape), np.float32) for shape in self.state_shapes]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -55,17 +58,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def greedy(step: Step, memory_kv: Sequence[np.ndarray], spec: ARSpec, steps: int, need_attention: bool):
-    """Cached greedy decoding. memory_kv: per layer k, v (B, h, N, D/h). -> ids (B, T) int64,
+    """Cached greedy decoding. memory_kv: what the encoder gave the step, batch first. -> ids (B, T) int64,
     probs (B, T, C) float32, attention (B, T, N) float32 or None; T = steps run."""
     memory_kv = list(memory_kv)
-    b, n = memory_kv[0].shape[0], memory_kv[0].shape[2]
+    b = memory_kv[0].shape[0]
     past = spec.empty_cache(b)
     tokens = np.full(b, spec.bos, np.int64)
     rows = np.arange(b)  # original batch row of each running row
     ended = np.zeros(b, bool)
     ids = np.full((b, steps), spec.pad, np.int64)
     probs = np.zeros((b, steps, spec.num_classes), np.float32)
-    attns = np.zeros((b, steps, n), np.float32) if need_attention else None
+    attns = None  # (B, steps, N), allocated at the first step (N: the attention's length)
     t = 0
     for t in range(steps):
         logits, past, attn = step(tokens, t, past, memory_kv)
@@ -74,6 +77,8 @@ def greedy(step: Step, memory_kv: Sequence[np.ndarray], spec: ARSpec, steps: int
         ids[rows, t] = tokens
         probs[rows, t] = p
         if need_attention:
+            if attns is None:
+                attns = np.zeros((b, steps, attn.shape[1]), np.float32)
             attns[rows, t] = attn
         ended |= tokens == spec.eos
         running = int((~ended).sum())
@@ -128,8 +133,29 @@ def beam(step: Step, memory_kv: Sequence[np.ndarray], spec: ARSpec, steps: int, 
     return ids[best], probs[best], (attn_hist[best] if need_attention else None)
 
 
+def parallel(logits: np.ndarray, attention: np.ndarray | None):
+    """All positions at once (decoding._parallel): logits (B, T, C) -> ids (B, T), probs (B, T, C), attention."""
+    probs = softmax(logits)
+    return probs.argmax(-1), probs, attention
+
+
+def refine(run: Refine, memory: Sequence[np.ndarray], ids: np.ndarray, spec: ARSpec, steps: int,
+           need_attention: bool):
+    """One cloze pass over the reading so far (decoding._refine): padded to `steps` positions with PAD (never
+    context), predicted again, trimmed to the longest new reading. -> ids (B, T'), probs, attention or None."""
+    full = np.full((ids.shape[0], steps), spec.pad, np.int64)
+    full[:, : ids.shape[1]] = ids[:, :steps]
+    logits, attention = run(full, list(memory))
+    probs = softmax(logits)  # (B, steps, C)
+    ids = probs.argmax(-1)
+    is_eos = ids == spec.eos
+    first_eos = np.where(is_eos.any(1), is_eos.argmax(1), steps - 1)
+    length = int(first_eos.max()) + 1
+    return ids[:, :length], probs[:, :length], (attention[:, :length] if need_attention else None)
+
+
 def finish(ids: np.ndarray, probs: np.ndarray, attention: np.ndarray | None, spec: ARSpec,
-           feature_size: tuple[int, int]):
+           feature_size: tuple[int, int] | None):
     """Blank everything after each row's first EOS (ids -> PAD, probs and attention -> 0) and give the chosen
     tokens' probabilities (B, T); attention (B, T, N) -> (B, T, Hf, Wf)."""
     is_eos = ids == spec.eos
@@ -143,4 +169,5 @@ def finish(ids: np.ndarray, probs: np.ndarray, attention: np.ndarray | None, spe
     return ids, probs, chosen, attention
 
 
-__all__ = ["METHODS", "ARSpec", "Step", "softmax", "log_softmax", "greedy", "beam", "finish"]
+__all__ = ["METHODS", "ARSpec", "Step", "Refine", "softmax", "log_softmax", "greedy", "beam", "parallel", "refine",
+           "finish"]

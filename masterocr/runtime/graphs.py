@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from masterocr.runtime.format import ATTENTION, ENTRY_ROLES, FORMAT, FORMAT_VERSION, GRAPH_FILES, IMAGES, LOGITS, \
-    MAX_OPSET, METADATA_KEY, MIN_OPSET, POSITION, REQUIRED_FIELDS, ROLES_BY_DECODING, SHARED_FIELDS, TOKENS, \
-    CACHE_LAYOUTS, memory_kv_names, past_names, present_names
+    MAX_OPSET, METADATA_KEY, MIN_OPSET, OPTIONAL_ROLES, REQUIRED_BY_DECODING, REQUIRED_FIELDS, ROLES_BY_DECODING, \
+    SHARED_FIELDS, TOKENS, step_io
 
 
 class ExportFolderError(ValueError):
@@ -84,7 +84,7 @@ def read_metadata(path: Path, session) -> dict:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ExportFolderError(f"{path}: format version {meta.get('format_version')!r}; this runtime reads "
                                 f"version {FORMAT_VERSION} (re-export the model with this masterocr)")
-    missing = [k for k in REQUIRED_FIELDS if k not in meta]
+    missing = [k for k in REQUIRED_FIELDS + REQUIRED_BY_DECODING.get(meta.get("decoding"), ()) if k not in meta]
     if missing:
         raise ExportFolderError(f"{path}: metadata lacks {', '.join(missing)}")
     opset = meta["opset"]
@@ -137,11 +137,12 @@ def open_export(folder: str | os.PathLike, options: SessionOptions | None = None
         raise ExportFolderError(f"{entry}: decoding {decoding!r} is not one this runtime replays "
                                 f"({', '.join(ROLES_BY_DECODING)}); a newer masterocr may read it")
     graphs = meta["graphs"]
-    if not isinstance(graphs, dict) or set(graphs) != set(ROLES_BY_DECODING[decoding]):
+    needed, optional = ROLES_BY_DECODING[decoding], OPTIONAL_ROLES.get(decoding, ())
+    if not isinstance(graphs, dict) or not set(needed) <= set(graphs) <= set(needed) | set(optional):
         raise ExportFolderError(f"{entry}: metadata lists graphs {graphs!r}; {decoding} decoding needs "
-                                f"{', '.join(ROLES_BY_DECODING[decoding])}")
+                                f"{', '.join(needed)}" + (f" (and may add {', '.join(optional)})" if optional else ""))
     paths = {}
-    for role in ROLES_BY_DECODING[decoding]:
+    for role in [r for r in GRAPH_FILES if r in graphs]:
         path = folder / str(graphs[role])
         if path == entry:
             session, graph_meta = entry_session, meta
@@ -161,23 +162,24 @@ def open_export(folder: str | os.PathLike, options: SessionOptions | None = None
     meta = {k: v for k, v in meta.items() if k != "role"}
     if decoding == "autoregressive":
         _check_autoregressive(meta, sessions, paths)
+    else:
+        _check_io(paths["model"], sessions["model"], [IMAGES], [LOGITS])
     return ExportFolder(folder, meta, sessions, paths)
 
 
 def _check_autoregressive(meta: dict, sessions: dict, paths: dict) -> None:
     entry = paths["encoder"]
     try:
-        layers = int(meta["decoder"]["layers"])
+        io = step_io(meta["decoder"], meta["cache"], int(meta["max_steps"]))
         tokens = meta["tokens"]
         int(tokens["eos"]), int(tokens["bos"]), int(tokens["pad"]), int(meta["decoder"]["num_classes"])
-    except (KeyError, TypeError, ValueError):
-        raise ExportFolderError(f"{entry}: metadata lacks the decoder's layers/num_classes or the token ids") from None
-    if meta["cache"] not in CACHE_LAYOUTS:
-        raise ExportFolderError(f"{entry}: cache layout {meta['cache']!r} is not one of {CACHE_LAYOUTS}")
-    _check_io(paths["encoder"], sessions["encoder"], [IMAGES], memory_kv_names(layers))
-    _check_io(paths["decoder_step"], sessions["decoder_step"],
-              [TOKENS, POSITION, *past_names(layers), *memory_kv_names(layers)],
-              [LOGITS, *present_names(layers), ATTENTION])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ExportFolderError(f"{entry}: metadata describes no decoder this runtime drives (the decoder, its "
+                                f"cache layout or the token ids: {type(e).__name__}: {e})") from None
+    _check_io(paths["encoder"], sessions["encoder"], [IMAGES], io.memory)
+    _check_io(paths["decoder_step"], sessions["decoder_step"], io.step_inputs, io.step_outputs)
+    if "refine" in sessions:
+        _check_io(paths["refine"], sessions["refine"], [TOKENS, *io.memory], [LOGITS, ATTENTION])
 
 
 __all__ = ["ExportFolderError", "SessionOptions", "ExportFolder", "open_export", "make_session", "find_entry"]

@@ -1,8 +1,8 @@
 """OnnxRecognizer: an export folder read with ONNX Runtime, with the torch Recognizer's reading API.
 
-`read()`, `preprocess()`, `predict_batch()` and `predict()` behave as `masterocr.recognizer.Recognizer`'s: the
-same image pipeline (data/image.py), the same read loop (reading.read_batched, so a bad input fails or is
-skipped exactly as there), the same tokenizer turning tokens into text, confidence and per-character
+`read()`, `preprocess()`, `predict_batch()` and `predict()` are `masterocr.recognizer.Recognizer`'s: both
+derive from reading.RecognizerBase (the same image pipeline from data/image.py, the same orientation search,
+the same read loop, so a bad input fails or is skipped exactly as there), the same tokenizer turning tokens into text, confidence and per-character
 probabilities, and the same (len(text), Hf, Wf) attention. Thread safe: ONNX Runtime sessions may be run from
 several threads at once and decoding keeps its state in local variables.
 """
@@ -10,16 +10,13 @@ several threads at once and decoding keeps its state in local variables.
 from __future__ import annotations
 
 import os
-from typing import Sequence
-
 import numpy as np
 
-from masterocr.charset import AttentionTokenizer
-from masterocr.data.image import ImageSource, ImageTransform, Rotate
-from masterocr.reading import ReadResult, prepare, read_batched
+from masterocr.charset import AttentionTokenizer, CTCTokenizer
+from masterocr.data.image import ImageTransform
+from masterocr.reading import ReadResult, RecognizerBase
 from masterocr.runtime import decoding
-from masterocr.runtime.format import ATTENTION, IMAGES, LOGITS, POSITION, TOKENS, memory_kv_names, past_names, \
-    present_names
+from masterocr.runtime.format import ATTENTION, IMAGES, LOGITS, POSITION, TOKENS, StepIO, step_io
 from masterocr.runtime.graphs import ExportFolder, SessionOptions, open_export
 
 DECODE_METHODS = decoding.METHODS
@@ -28,45 +25,61 @@ DECODE_METHODS = decoding.METHODS
 class SessionStep:
     """The decoder-step graph as a `decoding.Step`: NumPy arrays in, NumPy arrays out."""
 
-    def __init__(self, session, layers: int):
-        self.session = session
-        self.past = past_names(layers)
-        self.memory = memory_kv_names(layers)
-        self.outputs = [LOGITS, *present_names(layers), ATTENTION]
+    def __init__(self, session, io: StepIO):
+        self.session, self.io = session, io
+        self.outputs = io.step_outputs
 
-    def __call__(self, tokens: np.ndarray, position: int, past: list, memory_kv: list):
-        feeds = {TOKENS: tokens, POSITION: np.array(position, np.int64)}
-        feeds.update(zip(self.past, past))
-        feeds.update(zip(self.memory, memory_kv))
+    def __call__(self, tokens: np.ndarray, position: int, past: list, memory: list):
+        feeds = {TOKENS: tokens}
+        if self.io.position:
+            feeds[POSITION] = np.array(position, np.int64)
+        feeds.update(zip(self.io.past, past))
+        feeds.update(zip(self.io.memory, memory))
         out = self.session.run(self.outputs, feeds)
         return out[0], out[1:-1], out[-1]
 
 
-class OnnxRecognizer:
+class SessionRefine:
+    """The refinement graph as a `decoding.Refine`."""
+
+    def __init__(self, session, io: StepIO):
+        self.session, self.memory = session, io.memory
+
+    def __call__(self, tokens: np.ndarray, memory: list):
+        feeds = {TOKENS: tokens, **dict(zip(self.memory, memory))}
+        logits, attention = self.session.run([LOGITS, ATTENTION], feeds)
+        return logits, attention
+
+
+class OnnxRecognizer(RecognizerBase):
     """Reads images with an exported model (see masterocr.export), without torch.
 
-    decode_method / beam_width default to the export's decoding defaults; keep_aspect to the resize mode it
-    was trained with. width: resize to this input width instead of the model's (the graphs accept widths in
-    the metadata's width_range; a model trained at one width reads best at that width).
+    decode_method ("greedy", "beam" or "nar"), beam_width and refine_iters (cloze passes after decoding, for
+    exports with a refinement graph) default to the export's decoding defaults and are checked as the torch
+    Recognizer checks them; keep_aspect defaults to the resize mode the model was trained with. width: resize
+    to this input width instead of the model's (the graphs accept widths in the metadata's width_range; a
+    model trained at one width reads best at that width). orientation "auto" reads each image in its four
+    turns and keeps the most confident reading (as Recognizer's).
     """
 
     def __init__(self, folder: str | os.PathLike, decode_method: str | None = None, beam_width: int | None = None,
                  keep_aspect: bool | None = None, batch_size: int = 32, width: int | None = None,
-                 threads: int | None = None, options: SessionOptions | None = None):
+                 threads: int | None = None, options: SessionOptions | None = None, refine_iters: int | None = None,
+                 orientation: str = "upright"):
         options = options or SessionOptions(threads=threads)
         self.export: ExportFolder = open_export(folder, options)
         meta = self.metadata = self.export.metadata
+        self.kind = meta["decoding"]
         defaults = meta.get("decoding_defaults") or {}
         self.decode_method = decode_method or defaults.get("method", "greedy")
-        if self.decode_method not in DECODE_METHODS:
-            raise ValueError(f"decode method {self.decode_method!r}: choose one of {DECODE_METHODS}")
         self.beam_width = int(beam_width if beam_width is not None else defaults.get("beam_width", 5))
-        if self.beam_width < 1:
-            raise ValueError(f"beam_width={self.beam_width} must be at least 1")
+        self.refine_iters = int(refine_iters if refine_iters is not None else defaults.get("refine_iters", 0) or 0)
+        self._check_decoding(refine_iters)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size {batch_size}: must be 1 or more")
         self.batch_size = int(batch_size)
-        self.tokenizer = AttentionTokenizer(meta["charset"], meta["max_label_length"])
+        tokenizer = CTCTokenizer if self.kind == "ctc" else AttentionTokenizer
+        self.tokenizer = tokenizer(meta["charset"], meta["max_label_length"])
         height, model_width = (int(v) for v in meta["img_size"])
         if width is not None and int(width) != model_width:
             low_high = meta.get("width_range")
@@ -79,87 +92,100 @@ class OnnxRecognizer:
         self.transform = ImageTransform(height, model_width, keep_aspect=keep_aspect,
                                         grayscale=int(meta["in_channels"]) == 1, mean=meta["mean"], std=meta["std"],
                                         pad=meta.get("pad", "zero"), width_step=meta.get("width_step", 0))
-        decoder = meta["decoder"]
-        self.spec = decoding.ARSpec(eos=int(meta["tokens"]["eos"]), bos=int(meta["tokens"]["bos"]),
-                                    pad=int(meta["tokens"]["pad"]), num_classes=int(decoder["num_classes"]),
-                                    max_steps=int(meta["max_steps"]), heads=int(decoder["heads"]),
-                                    head_dim=int(decoder["head_dim"]), layers=int(decoder["layers"]),
-                                    cache=meta["cache"])
-        self.encoder = self.export.sessions["encoder"]
-        self.step = SessionStep(self.export.sessions["decoder_step"], self.spec.layers)
-        self._memory_outputs = memory_kv_names(self.spec.layers)
+        self.orientation = orientation
+        sessions = self.export.sessions
+        self.spec = self.step = self.refiner = self.encoder = self.model = None
+        if self.kind == "autoregressive":
+            self.io = step_io(meta["decoder"], meta.get("cache"), int(meta["max_steps"]))
+            self.spec = self._spec(int(meta["decoder"]["num_classes"]), self.io.state_shapes)
+            self.encoder = sessions["encoder"]
+            self.step = SessionStep(sessions["decoder_step"], self.io)
+            if "refine" in sessions:
+                self.refiner = SessionRefine(sessions["refine"], self.io)
+            self._memory_outputs = self.io.memory
+        else:
+            self.model = sessions["model"]
+            if self.kind == "parallel":
+                self.spec = self._spec(int(meta["num_classes"]), [])
 
-    # ---- configuration (as Recognizer) ----
+    def _spec(self, num_classes: int, state_shapes) -> decoding.ARSpec:
+        tokens = self.metadata["tokens"]
+        return decoding.ARSpec(eos=int(tokens["eos"]), bos=int(tokens["bos"]), pad=int(tokens["pad"]),
+                               num_classes=num_classes, max_steps=int(self.metadata["max_steps"]),
+                               state_shapes=state_shapes)
 
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.transform.height, self.transform.width
+    def _check_decoding(self, refine_iters: int | None) -> None:
+        """What masterocr.decoding.check_decoding refuses, refused the same way (the export names the model)."""
+        name = f"{self.metadata['model_name']} ({self.metadata['family']})"
+        graphs = self.metadata["graphs"]
+        if self.decode_method not in DECODE_METHODS:
+            raise ValueError(f"decode method {self.decode_method!r}: choose one of {DECODE_METHODS}")
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width={self.beam_width} must be at least 1")
+        if self.kind == "parallel" and self.decode_method == "beam":
+            raise ValueError(f"{name} reads every position at once; beam search needs an autoregressive decoder "
+                             f"(use greedy or nar)")
+        if self.decode_method == "nar" and self.kind == "autoregressive" and "refine" not in graphs:
+            raise ValueError(f"{name} has no non-autoregressive decoder: decode method 'nar' is not available "
+                             f"(use greedy or beam)")
+        if refine_iters is not None and int(refine_iters) < 0:
+            raise ValueError(f"refine_iters={refine_iters} must be >= 0")
+        if self.refine_iters and "refine" not in graphs:
+            raise ValueError(f"{name} has no cloze refinement: refine_iters={self.refine_iters} is not available "
+                             f"(use 0)")
 
-    @property
-    def keep_aspect(self) -> bool:
-        return self.transform.keep_aspect
-
-    def make_transform(self, rotation: int = 0) -> ImageTransform:
-        """This recognizer's image pipeline, optionally rotating each image first (as Recognizer's)."""
-        t = self.transform
-        return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
-                              augment=Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
-                              pad=t.pad, width_step=t.width_step)
-
-    def collate(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
-        """`preprocess` outputs -> one (B, C, H, W) batch; different widths (width_step) padded to the widest
-        as the transform pads (as Recognizer.collate)."""
-        if len({a.shape[-1] for a in prepared}) <= 1:
-            return np.stack(list(prepared))
-        return self.transform.collate(list(prepared))
+    def _from_array(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array, dtype=np.float32)
 
     # ---- the model call ----
 
     def decode(self, images: np.ndarray, need_attention: bool = True):
         """Decode a preprocessed batch (B, C, H, W) float32 -> token ids (B, T) (PAD after each row's EOS),
         probabilities (B, T, C), the chosen tokens' probabilities (B, T) and attention (B, T, Hf, Wf) or None:
-        the arrays masterocr.decoding's DecodeResult holds on the torch path."""
-        memory_kv = self.encoder.run(self._memory_outputs, {IMAGES: np.ascontiguousarray(images, np.float32)})
-        hf = int(self.metadata["feature_height"])
-        feature_size = (hf, memory_kv[0].shape[2] // hf)  # (Hf, Wf): the width may differ from the model's
+        the arrays masterocr.decoding's DecodeResult holds on the torch path. CTC: the frames' arg-max ids,
+        softmax and maximum (B, T frames), no attention."""
+        images = np.ascontiguousarray(images, np.float32)
+        if self.kind == "ctc":
+            probs = decoding.softmax(self.model.run([LOGITS], {IMAGES: images})[0])  # (B, T, C)
+            return probs.argmax(-1), probs, probs.max(-1), None
+        if self.kind == "parallel":
+            ids, probs, _ = decoding.parallel(self.model.run([LOGITS], {IMAGES: images})[0], None)
+            return decoding.finish(ids, probs, None, self.spec, None)
+        memory = self.encoder.run(self._memory_outputs, {IMAGES: images})
         steps = self.spec.max_steps
-        if self.decode_method == "beam":
-            ids, probs, attn = decoding.beam(self.step, memory_kv, self.spec, steps, self.beam_width, need_attention)
+        if self.decode_method == "nar":  # a cloze pass over an empty reading: every position at once
+            empty = np.full((images.shape[0], steps), self.spec.pad, np.int64)
+            ids, probs, attn = decoding.parallel(*self.refiner(empty, memory))
+        elif self.decode_method == "beam":
+            ids, probs, attn = decoding.beam(self.step, memory, self.spec, steps, self.beam_width, need_attention)
         else:
-            ids, probs, attn = decoding.greedy(self.step, memory_kv, self.spec, steps, need_attention)
+            ids, probs, attn = decoding.greedy(self.step, memory, self.spec, steps, need_attention)
+        for _ in range(self.refine_iters):
+            ids, probs, attn = decoding.refine(self.refiner, memory, ids, self.spec, steps, need_attention)
+        if not need_attention:
+            attn = None
+        feature_size = None
+        if attn is not None:  # (Hf, Wf): the width may differ from the model's
+            hf = int(self.metadata["feature_height"])
+            feature_size = (hf, attn.shape[-1] // hf)
         return decoding.finish(ids, probs, attn, self.spec, feature_size)
 
-    def predict(self, images: np.ndarray, need_attention: bool = True) -> list[ReadResult]:
-        """Read a preprocessed batch: images (B, C, H, W) float32 as made by `self.transform`."""
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            return []
-        ids, _, chosen, attention = self.decode(images, need_attention)
+    def _predict(self, images: np.ndarray, need_attention: bool = True) -> list[ReadResult]:
+        """Read a (B, C, H, W) float32 batch made by `self.transform` (RecognizerBase.predict checks the shape
+        and handles orientation search)."""
+        ids, probs, chosen, attention = self.decode(images, need_attention)
+        if self.kind == "ctc":
+            decoded = self.tokenizer.decode(probs)
+        else:
+            decoded = self.tokenizer.decode_chosen(ids, chosen)
         out = []
-        for i, d in enumerate(self.tokenizer.decode_chosen(ids, chosen)):
+        for i, d in enumerate(decoded):
             att = None if attention is None else attention[i, : len(d.char_probs)]  # (len(text), Hf, Wf)
             out.append(ReadResult(d.text, float(d.confidence), list(d.char_probs), att))
         return out
-
-    # ---- reading (as Recognizer) ----
-
-    def preprocess(self, source: ImageSource) -> np.ndarray:
-        """One image -> (C, H, W) float32 array. Raises ImageError naming the input."""
-        return prepare(self.transform.array, source)
-
-    def predict_batch(self, prepared: list[np.ndarray], need_attention: bool = True) -> list[ReadResult]:
-        """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
-        return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W)
-
-    def read(self, x: ImageSource | Sequence[ImageSource], batch_size: int | None = None,
-             on_error: str = "auto") -> ReadResult | list[ReadResult]:
-        """Read one image or a list (paths, PIL images, NumPy arrays, bytes), batched; see Recognizer.read."""
-        return read_batched(x, self.preprocess, self.predict_batch, batch_size or self.batch_size, on_error)
 
     def __repr__(self) -> str:
         m = self.metadata
         return (f"OnnxRecognizer({m['model_name']}, {m['precision']}, img_size={self.img_size}, "
                 f"keep_aspect={self.keep_aspect}, charset={len(self.tokenizer.charset)} chars, "
-                f"folder={self.export.folder}, decode={self.decode_method})")
+                f"folder={self.export.folder}, decode={self.decode_method}, orientation={self.orientation})")
