@@ -18,6 +18,12 @@ on the same images: the table gives the ratio (ours / strhub, higher is better) 
 tokens (up to EOS) are identical.
 
     python benchmarks/parseq_decode.py --strhub ../parseq [--threads 2] [--repeats 5] [--lengths max]
+
+With `--weights parseq` (a bundled name or a .safetensors), both run trained weights (strhub's model gets them
+through the inverse of our importer, checked by importing them back) on real crops (`--images`, default the
+first 64 of ../shared/data/IIIT5K/train, our pipeline's 32x128 tensors) and nothing is forced: every word ends
+where the model reads its EOS, the realistic case. `--onnx DIR` (an export of the same weights, `masterocr
+export parseq -o DIR`) adds our torch-free runtime on ONNX Runtime fp32 as a third column, same images.
 """
 
 from __future__ import annotations
@@ -126,6 +132,55 @@ def ours_from(strhub_model) -> nn.Module:
     return model.eval()
 
 
+def strhub_state(model: nn.Module) -> dict:
+    """Our PARSeq's state dict in strhub's names (the inverse of importers/strhub.py): q/k/v projections
+    concatenated into in_proj, the decoder's layers and norms renamed."""
+    theirs = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("encoder."):
+            theirs[key] = value
+    depth = len({k.split(".")[1] for k in model.state_dict() if k.startswith("decoder.")})
+    sd = model.state_dict()
+    for i in range(depth):
+        src, dst = f"decoder.{i}.", f"decoder.layers.{i}."
+        for attn in ("self_attn", "cross_attn"):
+            for p in ("weight", "bias"):
+                theirs[f"{dst}{attn}.in_proj_{p}"] = torch.cat([sd[f"{src}{attn}.{n}_proj.{p}"] for n in "qkv"])
+                theirs[f"{dst}{attn}.out_proj.{p}"] = sd[f"{src}{attn}.out_proj.{p}"]
+        for ours, name in (("mlp.fc1", "linear1"), ("mlp.fc2", "linear2"), ("norm1", "norm1"),
+                           ("norm2", "norm2"), ("norm_q", "norm_q"), ("norm_c", "norm_c")):
+            for p in ("weight", "bias"):
+                theirs[f"{dst}{name}.{p}"] = sd[f"{src}{ours}.{p}"]
+    for p in ("weight", "bias"):
+        theirs[f"decoder.norm.{p}"] = sd[f"norm.{p}"]
+        theirs[f"head.{p}"] = sd[f"head.{p}"]
+    theirs["text_embed.embedding.weight"] = sd["embed.weight"]
+    theirs["pos_queries"] = sd["pos_queries"]
+    return theirs
+
+
+def trained_pair(weights: str, strhub_model: nn.Module) -> nn.Module:
+    """Our trained PARSeq, and the same weights loaded into strhub's model (strict), imported back as a check."""
+    from masterocr.weights import load_model
+
+    model, cfg = load_model(weights)
+    model = model.float().eval()
+    if model.tokenizer.charset != STRHUB_94 or list(cfg["img_size"]) != [32, 128]:
+        raise SystemExit(f"{weights}: the comparison needs PARSeq-S at 32x128 with charset 94")
+    strhub_model.load_state_dict(strhub_state(model), strict=True)
+    back = ours_from(strhub_model).state_dict()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items()), "strhub mapping round trip"
+    return model
+
+
+def real_images(folder: str, count: int) -> torch.Tensor:
+    from masterocr.data.datasets import build_dataset
+    from masterocr.data.image import ImageTransform
+
+    data = build_dataset(folder, ImageTransform(32, 128))
+    return torch.stack([data[i][0] for i in range(min(count, len(data)))])
+
+
 def until_eos(ids: torch.Tensor, eos: int) -> list[list[int]]:
     rows = []
     for row in ids.tolist():
@@ -140,10 +195,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per row, best kept")
     parser.add_argument("--lengths", choices=["realistic", "max"], default="realistic")
     parser.add_argument("--rows", nargs="+", type=int, help="row numbers to run (1-5; default all)")
+    parser.add_argument("--weights", help="trained PARSeq-S weights (bundled name or file): real crops, no forcing")
+    parser.add_argument("--onnx", metavar="DIR", help="with --weights: an export of them, timed on ONNX Runtime")
+    parser.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "shared/data/IIIT5K/train"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    if args.strhub:
+    if args.weights and not args.strhub:
+        raise SystemExit("--weights compares with strhub: give --strhub DIR too")
+    if args.weights:
+        theirs, tokenizer = strhub_parseq(args.strhub)
+        model = trained_pair(args.weights, theirs)
+        forced_head = None
+    elif args.strhub:
         theirs, tokenizer = strhub_parseq(args.strhub)
         model = ours_from(theirs)
         forced_head = ForcedHead(theirs.head, tokenizer.eos_id)
@@ -159,21 +223,30 @@ def main() -> None:
     if args.lengths == "max":
         lengths[:] = 99  # never forced: EOS is pushed down at every step, so every read takes 26 steps
         source = "none (every word 25 characters, 26 steps)"
-    forced = ForcedParseq(model, lengths)
+    forced = model if args.weights else ForcedParseq(model, lengths)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
     print(f"{cpu}; torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.2f} at "
-          f"start; PARSeq-S 32x128, random weights; best of {args.repeats} interleaved rounds")
-    if args.lengths == "max":
+          f"start; PARSeq-S 32x128, {'trained' if args.weights else 'random'} weights; best of {args.repeats} interleaved rounds")
+    if args.weights:
+        images = real_images(args.images, 64)
+        print(f"trained weights {args.weights}; the first {len(images)} crops of {args.images}, nothing forced")
+    elif args.lengths == "max":
         print(f"word lengths: {source}")
     else:
         print(f"word lengths: {source}; batch-1 word {lengths[0].item()} chars; batch of 64: mean "
               f"{lengths.float().mean():.2f}, max {lengths.max().item()}")
     header = "| row | ours ms/batch | ours img/s | strhub ms/batch | strhub img/s | ours / strhub | same tokens |"
+    onnx = None
+    if args.onnx:
+        from masterocr.runtime.recognizer import OnnxRecognizer
+
+        header += " ORT fp32 ms/batch | ORT / strhub | ORT same tokens |"
     print(header)
-    print("|---|---:|---:|---:|---:|---:|---|")
-    torch.manual_seed(1)
-    images = torch.rand(64, 3, 32, 128) * 2 - 1
+    print("|---|---:|---:|---:|---:|---:|---|" + ("---:|---:|---|" if args.onnx else ""))
+    if not args.weights:
+        torch.manual_seed(1)
+        images = torch.rand(64, 3, 32, 128) * 2 - 1
     for number, (label, batch, method, refine, bf16) in enumerate(ROWS, 1):
         if args.rows and number not in args.rows:
             continue
@@ -185,11 +258,16 @@ def main() -> None:
 
         def strhub():
             theirs.decode_ar, theirs.refine_iters = method == "greedy", refine
-            forced_head.reset(lengths[:batch])
+            if forced_head is not None:
+                forced_head.reset(lengths[:batch])
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return theirs(tokenizer, x).argmax(-1)
 
         runners = {"ours": ours} if theirs is None else {"ours": ours, "strhub": strhub}
+        if args.onnx and not bf16:
+            onnx = OnnxRecognizer(args.onnx, decode_method=method, refine_iters=refine, threads=args.threads)
+            array = x.numpy()
+            runners["onnx"] = lambda: torch.from_numpy(onnx.decode(array, need_attention=False)[0])
         best = {name: float("inf") for name in runners}
         out = {name: fn() for name, fn in runners.items()}  # warm-up
         for _ in range(args.repeats):
@@ -203,8 +281,15 @@ def main() -> None:
             continue
         s = best["strhub"]
         same = until_eos(out["ours"], model.tokenizer.eos_id) == until_eos(out["strhub"], tokenizer.eos_id)
-        print(f"| {label} | {1000 * o:.1f} | {batch / o:.1f} | {1000 * s:.1f} | {batch / s:.1f} | {s / o:.2f}x | "
-              f"{'yes' if same else 'NO'} |", flush=True)
+        line = (f"| {label} | {1000 * o:.1f} | {batch / o:.1f} | {1000 * s:.1f} | {batch / s:.1f} | {s / o:.2f}x | "
+                f"{'yes' if same else 'NO'} |")
+        if "onnx" in best:
+            r = best["onnx"]
+            same_ort = until_eos(out["onnx"], model.tokenizer.eos_id) == until_eos(out["strhub"], tokenizer.eos_id)
+            line += f" {1000 * r:.1f} | {s / r:.2f}x | {'yes' if same_ort else 'NO'} |"
+        elif args.onnx:
+            line += " | | |"
+        print(line, flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f} (2 cores)")
 
 
