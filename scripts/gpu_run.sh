@@ -3,6 +3,9 @@
 # selection sets there, and leave best's fp16 weights in $OUT as <16 MiB parts (`cat part.* > file` joins them).
 # Needs the payload (scripts/gpu_payload.py -> gpu/) and the wheels the machine lacks (.whl/), both carried:
 #   run(command="bash scripts/gpu_run.sh", carry=["gpu", ".whl"])
+# A device call carries at most 64 MiB, the tracked files included: since the bundled PARSeq (48 MB) the
+# repository alone is over it, so move masterocr/weights/parseq.safetensors out of the tree for the call (and
+# back after); master-small's weights (28 MB) fit beside the payload (~35 MB).
 # Environment: BUDGET (training seconds, default 400), CONFIG (default bundled-parseq-gpu), EXTRA (overrides),
 # OUT (results), DRY=1 (this machine: no payload unpacking, CPU, the overrides in EXTRA).
 set -u -o pipefail
