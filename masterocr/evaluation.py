@@ -473,11 +473,11 @@ def benchmark_name(path: str | os.PathLike) -> str:
 
 
 def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike],
-                    holdout: tuple[float, int] | None = None,
+                    holdout: tuple[float, int, str | None] | None = None,
                     errors: list[str] | None = None) -> list[tuple[str, object]]:
     """(row name, dataset) for every benchmark under `roots`: a labels.tsv folder or an LMDB is one row, an
     LMDB tree gives one row per LMDB. Labels are kept raw; the protocol is applied by `evaluate`.
-    holdout=(fraction, seed) keeps only each source's held-out part, as a training config's `holdout` key
+    holdout=(fraction, seed, group) keeps only each source's held-out part, as a training config's `holdout` key
     picks it (rows are named "<name> held-out"). With an `errors` list, a root that cannot be opened or a
     source without a single sample is reported there (message naming it) and left out, instead of raising:
     one broken benchmark does not cost the others."""
@@ -496,7 +496,8 @@ def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike],
             errors.append(str(e) if os.fspath(root) in str(e) else f"{root}: {e}")
             continue
         if holdout is not None:
-            dataset = split_held_out(dataset, *holdout, held_out=True)
+            fraction, seed, *group = holdout
+            dataset = split_held_out(dataset, fraction, seed, held_out=True, group=group[0] if group else None)
         for path, source in dataset.sources:
             if errors is not None and len(source.labels) == 0:
                 part = " in its held-out part" if holdout is not None else ""

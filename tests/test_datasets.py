@@ -355,10 +355,32 @@ def test_held_out_split_is_complementary_stable_and_filter_independent(tmp_path,
     # between versions of masterocr (a model's held-out score would silently include training words).
     assert set(split_held_out(open_dataset(root), 0.25, seed=4).keys) != held
     assert "".join(str(int(is_held_out(f"images/{i:03d}.png", 0.5, 7))) for i in range(16)) == "0000011111110100"
-    assert parse_holdout(0.2) == (0.2, 0) and parse_holdout({"fraction": "0.5", "seed": 2}) == (0.5, 2)
+    assert parse_holdout(0.2) == (0.2, 0, None) and parse_holdout({"fraction": "0.5", "seed": 2}) == (0.5, 2, None)
     for bad in (1.0, 0, {"seed": 1}, {"fraction": 0.1, "sed": 1}, "half", {"fraction": "x"}):
         with pytest.raises(ValueError, match="holdout"):
             parse_holdout(bad)
+
+
+def test_held_out_split_by_group_keeps_a_photos_crops_together(tmp_path):
+    from masterocr.data.datasets import holdout_key, is_held_out, parse_holdout, split_held_out
+
+    photo = r"([^/]+)_\d+\.png$"  # IIIT5K's <photo>_<n>.png
+    assert holdout_key("images/1049_7.png", photo) == "1049" and holdout_key("images/x.png", photo) == "images/x.png"
+    assert holdout_key("images/1049_7.png", r"\d+") == "1049"  # no capture group: the whole match
+    ids = [f"images/{p}_{n}.png" for p in range(40) for n in range(5)]
+    sides = {}
+    for sample in ids:
+        sides.setdefault(sample.split("/")[1].split("_")[0], set()).add(is_held_out(sample, 0.5, 0, photo))
+    assert all(len(s) == 1 for s in sides.values())           # every photo on one side
+    assert 5 < sum(s == {True} for s in sides.values()) < 35  # about half of the photos held out
+    assert any(len({is_held_out(f"images/{p}_{n}.png", 0.5, 0) for n in range(5)}) == 2 for p in range(40))
+    # Through a dataset, and the spec's parse.
+    root = make_folder(tmp_path / "set", labels=[f"w{i}" for i in range(12)])
+    held = split_held_out(build_dataset(root, charset=None), 0.5, seed=0, group=r"^images/")
+    assert len(held) in (0, 12)                               # one group: all or nothing
+    assert parse_holdout({"fraction": 0.5, "group": photo}) == (0.5, 0, photo)
+    with pytest.raises(ValueError, match="not a regular expression"):
+        parse_holdout({"fraction": 0.5, "group": "(["})
 
 
 def test_held_out_split_of_lmdb_tree_keeps_each_source(tmp_path):

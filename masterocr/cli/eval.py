@@ -40,6 +40,9 @@ def register(subparsers) -> None:
                    help="score only the held-out part of each dataset, as a training config's "
                         "`holdout: {fraction, seed}` splits it (e.g. a model's selection set)")
     p.add_argument("--holdout-seed", type=int, default=0, help="the holdout's seed (default 0)")
+    p.add_argument("--holdout-group", metavar="REGEX",
+                   help="the holdout's group: samples whose ids match alike fall on one side (e.g. "
+                        "'([^/]+)_\\d+\\.' keeps IIIT5K's crops of one photo together)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     add_backend_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     holdout = None
     if args.holdout is not None:
-        holdout = parse_holdout({"fraction": args.holdout, "seed": args.holdout_seed}, where="--holdout")
+        holdout = parse_holdout({"fraction": args.holdout, "seed": args.holdout_seed,
+                                 "group": args.holdout_group}, where="--holdout")
     unusable: list[str] = []  # datasets that cannot be opened or hold no sample: reported, the others scored
     benchmarks = open_benchmarks(args.data, holdout=holdout, errors=unusable)
     for message in unusable:

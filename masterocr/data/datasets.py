@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -655,44 +656,71 @@ def build_dataset(paths: str | os.PathLike | Sequence[str | os.PathLike], transf
 
 # ---- held-out splits -----------------------------------------------------------------------------------
 
-def is_held_out(sample_id: str, fraction: float, seed: int = 0) -> bool:
-    """Whether a sample belongs to the held-out part: a hash of (seed, id) below `fraction` of its range.
+def holdout_key(sample_id: str, group: str | None = None) -> str:
+    """What the held-out hash is taken of: the sample's id, or with `group` (a regular expression) the part of
+    the id it matches (its first capture group if it has one), so that every sample of a group (the crops of
+    one photo) falls on the same side. An id the expression does not match stays its own group."""
+    if not group:
+        return sample_id
+    match = re.search(group, sample_id)
+    if match is None:
+        return sample_id
+    return match.group(1) if match.re.groups else match.group(0)
+
+
+def is_held_out(sample_id: str, fraction: float, seed: int = 0, group: str | None = None) -> bool:
+    """Whether a sample belongs to the held-out part: a hash of (seed, id or its group) below `fraction` of
+    its range.
 
     Decided per sample, so the training side and the validation side of the same source agree even when
     their label filters keep different samples, and adding samples to a source never moves old ones."""
-    digest = hashlib.blake2b(f"{seed}\0{sample_id}".encode("utf-8"), digest_size=8).digest()
+    key = holdout_key(sample_id, group)
+    digest = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") < fraction * 2 ** 64
 
 
-def parse_holdout(spec, where: str = "holdout") -> tuple[float, int]:
-    """{fraction: f, seed: s} (seed defaults to 0) or a bare fraction -> (fraction, seed), checked."""
+def parse_holdout(spec, where: str = "holdout") -> tuple[float, int, str | None]:
+    """{fraction: f, seed: s, group: regex} (seed defaults to 0, group to none) or a bare fraction ->
+    (fraction, seed, group), checked."""
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         spec = {"fraction": spec}
     spec = dict(spec) if isinstance(spec, Mapping) else spec  # OmegaConf's DictConfig is a Mapping
-    if not isinstance(spec, dict) or "fraction" not in spec or set(spec) - {"fraction", "seed"}:
-        raise ValueError(f"{where}: holdout must be {{fraction: F, seed: S}} or a fraction, got {spec!r}")
+    if not isinstance(spec, dict) or "fraction" not in spec or set(spec) - {"fraction", "seed", "group"}:
+        raise ValueError(f"{where}: holdout must be {{fraction: F, seed: S, group: REGEX}} or a fraction, "
+                         f"got {spec!r}")
     try:
         fraction, seed = float(spec["fraction"]), int(spec.get("seed", 0))
     except (TypeError, ValueError):
         raise ValueError(f"{where}: holdout {spec!r} needs a number for fraction and an integer seed") from None
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"{where}: holdout fraction {fraction!r} must be between 0 and 1 (exclusive)")
-    return fraction, seed
+    group = spec.get("group") or None
+    if group is not None:
+        try:
+            re.compile(str(group))
+        except re.error as e:
+            raise ValueError(f"{where}: holdout group {group!r} is not a regular expression ({e})") from None
+        group = str(group)
+    return fraction, seed, group
 
 
 def split_held_out(dataset: TextImageDataset | MultiSourceDataset, fraction: float, seed: int = 0,
-                   held_out: bool = True) -> TextImageDataset | MultiSourceDataset:
+                   held_out: bool = True, group: str | None = None) -> TextImageDataset | MultiSourceDataset:
     """Keep only the held-out part of `dataset` (held_out=True) or only the rest, in place for each source.
 
-    A source's held-out part is about `fraction` of its samples, chosen by is_held_out on the sample's id
-    inside the source (a label file's image path as written, an LMDB's '<dir name>:<index>')."""
-    fraction, seed = parse_holdout({"fraction": fraction, "seed": seed}, where="split_held_out")
+    A source's held-out part is about `fraction` of its samples (of its groups, with `group`), chosen by
+    is_held_out on the sample's id inside the source (a label file's image path as written, an LMDB's
+    '<dir name>:<index>')."""
+    fraction, seed, group = parse_holdout({"fraction": fraction, "seed": seed, "group": group},
+                                          where="split_held_out")
     parts = dataset.sources if isinstance(dataset, MultiSourceDataset) else [(dataset.source, dataset)]
     for name, part in parts:
         total = len(part)
-        part.keep_only(i for i in range(total) if is_held_out(part.sample_id(i), fraction, seed) == held_out)
-        logger.info("%s: %s %d of %d samples (held-out fraction %g, seed %d)", name,
-                    "held out" if held_out else "training on", len(part), total, fraction, seed)
+        part.keep_only(i for i in range(total)
+                       if is_held_out(part.sample_id(i), fraction, seed, group) == held_out)
+        logger.info("%s: %s %d of %d samples (held-out fraction %g, seed %d%s)", name,
+                    "held out" if held_out else "training on", len(part), total, fraction, seed,
+                    f", grouped by {group!r}" if group else "")
     if isinstance(dataset, MultiSourceDataset):
         return MultiSourceDataset(parts)  # ConcatDataset's offsets are computed once: rebuild
     return dataset

@@ -291,7 +291,7 @@ class RecognitionData(LightningDataModule):
 
     data.train: list of sources, each {path: str | [str], weight: float} for LMDB dirs/trees and label-file
     folders, or {synthetic: {length, seed, config, fonts}, weight} for the synthetic renderer.
-    data.val: list of {name, path}. A path source may carry holdout: {fraction, seed}: the same spec on a
+    data.val: list of {name, path}. A path source may carry holdout: {fraction, seed[, group]}: the same spec on a
     training source and a validation source splits it in two, training on the rest and validating on the
     held-out part (about `fraction` of it, chosen per sample by a seeded hash of its id).
     Other keys: augment (preset name, mapping or none), keep_aspect, epoch_size, num_workers ("auto" or a
@@ -358,9 +358,9 @@ class RecognitionData(LightningDataModule):
                                 max_length=self.max_length if train else None,
                                 remove_whitespace=bool(self.data_cfg.get("remove_whitespace", False)))
         if source.get("holdout") is not None:
-            fraction, seed = parse_holdout(source["holdout"], where=f"data source {paths}")
+            fraction, seed, group = parse_holdout(source["holdout"], where=f"data source {paths}")
             # The same spec on both sides: training keeps the rest, validation only the held-out part.
-            dataset = split_held_out(dataset, fraction, seed, held_out=not train)
+            dataset = split_held_out(dataset, fraction, seed, held_out=not train, group=group)
         if len(dataset) == 0:
             raise ValueError(f"data source {paths}: no usable samples ({dataset.report})")
         return ",".join(str(p) for p in paths), dataset
