@@ -110,13 +110,19 @@ def read_batched(sources: ImageSource | Sequence[ImageSource], prepare: Callable
     return results[0] if single else results  # type: ignore[return-value]
 
 
-def most_confident_turns(readings: list[ReadResult], views: int) -> list[ReadResult]:
+UPRIGHT_MARGIN = 0.05
+
+
+def most_confident_turns(readings: list[ReadResult], views: int, upright_margin: float = 0.0) -> list[ReadResult]:
     """Readings of B images' `views` turns each (image-major, turns in ROTATIONS order) -> per image the most
-    confident one, its `orientation` set to the turn that gave it."""
+    confident one, its `orientation` set to the turn that gave it. The upright reading (the first turn) is
+    kept unless another turn's confidence beats it by more than `upright_margin`."""
     out = []
     for start in range(0, len(readings), views):
         group = readings[start:start + views]
         best = max(range(views), key=lambda v: group[v].confidence)  # ties: the first turn (upright)
+        if group[best].confidence - group[0].confidence <= upright_margin:
+            best = 0
         group[best].orientation = ROTATIONS[best]
         out.append(group[best])
     return out
@@ -131,6 +137,11 @@ class RecognizerBase:
     (`preprocess`, `collate`, `make_transform`), orientation search (`orientation="auto"`: every image read in
     its four turns, the most confident reading kept) and the read loop (`read`, `predict_batch`).
     """
+
+    # The orientation search keeps the upright reading unless another turn is more confident by more than this:
+    # the smallest margin that cost master-small no upright word on SVT/train (its selection set), while the
+    # plain maximum lost 3 of 257 (benchmarks/orientation_margin.py; README "Rotated text").
+    upright_margin: float = UPRIGHT_MARGIN
 
     transform: ImageTransform
     batch_size: int
@@ -197,7 +208,7 @@ class RecognizerBase:
         if images.ndim == 5:  # (B, 4, C, H, W): each image in its four turns (orientation search)
             views = int(images.shape[1])
             flat = self.predict(images.reshape(-1, *images.shape[2:]), need_attention)  # (B * 4) readings
-            return most_confident_turns(flat, views)
+            return most_confident_turns(flat, views, self.upright_margin)
         if images.ndim != 4:
             raise ValueError(f"expected images of shape (B, C, H, W) or (B, 4, C, H, W), got {tuple(images.shape)}")
         if images.shape[0] == 0:

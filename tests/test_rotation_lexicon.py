@@ -90,6 +90,7 @@ def test_orientation_auto_reads_rotated_words_upright(tiny_weights):
     import masterocr
 
     rec = masterocr.load(tiny_weights, orientation="auto")
+    rec.upright_margin = 0.0  # the plain maximum: this overfit model reads some words upside down confidently
     upright = masterocr.load(tiny_weights)
     for word in WORDS[:4]:
         for turn in (90, 180, 270):  # the photo arrives turned counter-clockwise by `turn`
@@ -102,6 +103,19 @@ def test_orientation_auto_reads_rotated_words_upright(tiny_weights):
     assert "orientation=auto" in repr(rec)
     with pytest.raises(ValueError, match="orientation"):
         masterocr.load(tiny_weights, orientation="sideways")
+
+
+def test_orientation_search_prefers_upright_within_the_margin():
+    from masterocr.reading import UPRIGHT_MARGIN, ReadResult, most_confident_turns
+
+    def turns(*confidences):
+        return [ReadResult(f"t{i}", c, []) for i, c in enumerate(confidences)]
+
+    assert UPRIGHT_MARGIN > 0
+    kept = most_confident_turns(turns(0.80, 0.84, 0.1, 0.2) + turns(0.5, 0.1, 0.9, 0.2), 4, upright_margin=0.05)
+    assert [(r.text, r.orientation) for r in kept] == [("t0", 0), ("t2", 180)]
+    kept = most_confident_turns(turns(0.80, 0.84, 0.1, 0.2), 4, upright_margin=0.0)
+    assert (kept[0].text, kept[0].orientation) == ("t1", 90)
 
 
 def test_read_and_eval_cli_orientation_auto(tiny_weights, folder, tmp_path, capsys):
