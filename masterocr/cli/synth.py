@@ -16,6 +16,8 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
 from PIL import Image
@@ -24,7 +26,7 @@ from .common import non_negative_int, positive_int
 
 DEFAULT_PREVIEW = 48
 _CHUNK = 256
-_worker_renderer = None  # set in each worker process (inherited through fork, or built by the initializer)
+_worker_renderer = None  # the renderer: the main process's own, or built by each worker's initializer
 
 
 def register(data_subparsers) -> None:
@@ -82,7 +84,7 @@ def _encode(image: Image.Image, fmt: str, quality: int) -> bytes:
 
 def _init_worker(args) -> None:
     global _worker_renderer
-    if _worker_renderer is None:  # spawn start method: build it here (font checks come from the disk cache)
+    if _worker_renderer is None:  # a fresh worker process: build it (font checks come from the disk cache)
         _worker_renderer = _renderer_from(args)
 
 
@@ -105,10 +107,13 @@ def _samples(args, renderer) -> Iterator[tuple[bytes, str]]:
         for job in jobs:
             yield from _render_chunk(job)
         return
+    # Not fork: a forked child of a process with running threads (torch's, a thread pool's) can deadlock or
+    # die, and multiprocessing.Pool then waits for its lost chunk forever. A fresh interpreter per worker
+    # costs a second at start; a worker that dies raises BrokenProcessPool instead of hanging.
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(args,)) as pool:
-        for chunk in pool.imap(_render_chunk, jobs):
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker, initargs=(args,)) as pool:
+        for chunk in pool.map(_render_chunk, jobs):
             yield from chunk
 
 
@@ -145,7 +150,13 @@ def run_synth(args) -> int:
     if args.out:
         from ..data.datasets import write_lmdb
         start = time.perf_counter()
-        written = write_lmdb(args.out, _progress(_samples(args, renderer), args.count), overwrite=args.overwrite)
+        try:
+            written = write_lmdb(args.out, _progress(_samples(args, renderer), args.count),
+                                 overwrite=args.overwrite)
+        except BrokenProcessPool as e:
+            print(f"{prog}: error: a render worker process died ({e}); {args.out} was not written (the LMDB "
+                  "only takes its name when complete)", file=sys.stderr)
+            return 1
         seconds = time.perf_counter() - start
         from ..data.synth import config_to_dict
         meta = {"count": written, "seed": args.seed, "start": args.start, "charset": renderer.charset,
