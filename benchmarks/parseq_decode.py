@@ -135,12 +135,9 @@ def ours_from(strhub_model) -> nn.Module:
 def strhub_state(model: nn.Module) -> dict:
     """Our PARSeq's state dict in strhub's names (the inverse of importers/strhub.py): q/k/v projections
     concatenated into in_proj, the decoder's layers and norms renamed."""
-    theirs = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("encoder."):
-            theirs[key] = value
-    depth = len({k.split(".")[1] for k in model.state_dict() if k.startswith("decoder.")})
     sd = model.state_dict()
+    theirs = {key: value for key, value in sd.items() if key.startswith("encoder.")}
+    depth = len({k.split(".")[1] for k in sd if k.startswith("decoder.")})
     for i in range(depth):
         src, dst = f"decoder.{i}.", f"decoder.layers.{i}."
         for attn in ("self_attn", "cross_attn"):

@@ -496,8 +496,7 @@ def open_benchmarks(roots: str | os.PathLike | Sequence[str | os.PathLike],
             errors.append(str(e) if os.fspath(root) in str(e) else f"{root}: {e}")
             continue
         if holdout is not None:
-            fraction, seed, *group = holdout
-            dataset = split_held_out(dataset, fraction, seed, held_out=True, group=group[0] if group else None)
+            dataset = split_held_out(dataset, *holdout, held_out=True)  # (fraction, seed, group)
         for path, source in dataset.sources:
             if errors is not None and len(source.labels) == 0:
                 part = " in its held-out part" if holdout is not None else ""

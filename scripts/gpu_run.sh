@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 BUDGET=${BUDGET:-400}; CONFIG=${CONFIG:-bundled-parseq-gpu}; EXTRA=${EXTRA:-}
 RUN=${RUN:-/tmp/runs/parseq-gpu}
-PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}; DEVICE=${DEVICE:-$([ -n "${DRY:-}" ] && echo cpu || echo cuda)}  # the evals' device
 export PYTHONUNBUFFERED=1
 if [ -z "${DRY:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -502,7 +502,8 @@ def test_master_small_is_one_model(capsys):
 
 @pytest.fixture(scope="module")
 def words(tmp_path_factory):
-    from test_training import WORDS as TRAIN_WORDS, render_words
+    from test_training import WORDS as TRAIN_WORDS
+    from wordimages import render_words
 
     return render_words(tmp_path_factory.mktemp("train_words"), TRAIN_WORDS)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
-from wordimages import word_font
+from wordimages import render_words
 
 import masterocr
 from masterocr.cli.main import main as cli_main
@@ -20,17 +19,7 @@ WORDS = ["cat", "dog", "sun", "red", "map", "box"]
 
 @pytest.fixture(scope="module")
 def words_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("words")
-    (folder / "images").mkdir()
-    font = word_font(26)
-    lines = []
-    for i, word in enumerate(WORDS):
-        img = Image.new("RGB", (120, 40), "white")
-        ImageDraw.Draw(img).text((8, 4), word, fill="black", font=font)
-        img.save(folder / "images" / f"{i}.png")
-        lines.append(f"images/{i}.png\t{word}\n")
-    (folder / "labels.tsv").write_text("".join(lines))
-    return folder
+    return render_words(tmp_path_factory.mktemp("words"), WORDS)
 
 
 def train(tmp: Path, data: Path, base: str, model: dict, **t) -> tuple[Path, dict]:

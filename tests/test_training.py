@@ -11,8 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
-from wordimages import word_font
+from wordimages import render_words
 
 from masterocr.cli.main import main as cli_main
 from masterocr.config import load_config, to_dict
@@ -25,20 +24,6 @@ from masterocr.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["cat", "dog", "sun", "red", "map", "box"]
-
-
-def render_words(folder: Path, words) -> Path:
-    """A labels.tsv folder of black-on-white word images (DejaVu Sans, else Pillow's default font)."""
-    (folder / "images").mkdir(parents=True)
-    font = word_font(26)
-    lines = []
-    for i, word in enumerate(words):
-        img = Image.new("RGB", (120, 40), "white")
-        ImageDraw.Draw(img).text((8, 4), word, fill="black", font=font)
-        img.save(folder / "images" / f"{i}.png")
-        lines.append(f"images/{i}.png\t{word}\n")
-    (folder / "labels.tsv").write_text("".join(lines))
-    return folder
 
 
 def tiny_config(tmp: Path, data: Path, **train) -> Path:

@@ -705,7 +705,7 @@ def parse_holdout(spec, where: str = "holdout") -> tuple[float, int, str | None]
 
 
 def split_held_out(dataset: TextImageDataset | MultiSourceDataset, fraction: float, seed: int = 0,
-                   held_out: bool = True, group: str | None = None) -> TextImageDataset | MultiSourceDataset:
+                   group: str | None = None, held_out: bool = True) -> TextImageDataset | MultiSourceDataset:
     """Keep only the held-out part of `dataset` (held_out=True) or only the rest, in place for each source.
 
     A source's held-out part is about `fraction` of its samples (of its groups, with `group`), chosen by

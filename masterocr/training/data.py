@@ -360,7 +360,7 @@ class RecognitionData(LightningDataModule):
         if source.get("holdout") is not None:
             fraction, seed, group = parse_holdout(source["holdout"], where=f"data source {paths}")
             # The same spec on both sides: training keeps the rest, validation only the held-out part.
-            dataset = split_held_out(dataset, fraction, seed, held_out=not train, group=group)
+            dataset = split_held_out(dataset, fraction, seed, group, held_out=not train)
         if len(dataset) == 0:
             raise ValueError(f"data source {paths}: no usable samples ({dataset.report})")
         return ",".join(str(p) for p in paths), dataset

@@ -57,6 +57,19 @@ class AuxCTC(nn.Module):
         d_model = int(d_model)
         self.head = nn.Linear(d_model, self.tokenizer.num_classes)
 
+    @classmethod
+    def from_config(cls, model: nn.Module, train_cfg: Mapping[str, Any]) -> "AuxCTC | None":
+        """The head train.aux_ctc_weight asks for, or None when it is 0."""
+        weight = float(train_cfg.get("aux_ctc_weight", 0.0))
+        return cls(model, weight) if weight > 0 else None
+
+    def add(self, loss: torch.Tensor, parts: dict, model: nn.Module, memory: torch.Tensor, images: torch.Tensor,
+            labels: list[str]) -> torch.Tensor:
+        """loss + weight x the CTC loss on `memory`; the CTC term is logged in `parts` as "ctc"."""
+        ctc = self(model, memory, images, labels)
+        parts["ctc"] = ctc.detach()
+        return loss + self.weight * ctc
+
     def forward(self, model: nn.Module, memory: torch.Tensor, images: torch.Tensor, labels: list[str]) -> torch.Tensor:
         hf, wf = model.feature_size(images.shape[2], images.shape[3])
         if memory.shape[1] != hf * wf:  # e.g. ViTSTR's memory starts with a class token
@@ -75,8 +88,7 @@ class TeacherForcing(Objective):
         if not isinstance(model.tokenizer, AttentionTokenizer):
             raise ValueError(f"{type(model).__name__}: teacher forcing needs an attention tokenizer")
         self.label_smoothing = float(self.train_cfg.get("label_smoothing", 0.0))
-        weight = float(self.train_cfg.get("aux_ctc_weight", 0.0))
-        self.aux_ctc = AuxCTC(model, weight) if weight > 0 else None
+        self.aux_ctc = AuxCTC.from_config(model, self.train_cfg)
 
     def forward(self, model, images, labels):
         tok = model.tokenizer
@@ -91,9 +103,7 @@ class TeacherForcing(Objective):
         parts = {"ce": ce.detach()}
         loss = ce
         if self.aux_ctc is not None:
-            ctc = self.aux_ctc(model, memory, images, labels)
-            parts["ctc"] = ctc.detach()
-            loss = loss + self.aux_ctc.weight * ctc
+            loss = self.aux_ctc.add(loss, parts, model, memory, images, labels)
         return loss, parts
 
 

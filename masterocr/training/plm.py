@@ -97,8 +97,7 @@ class PermutationLM(Objective):
         if self.num_orders < 1:
             raise ValueError(f"train.plm_permutations={self.num_orders} must be at least 1")
         self.label_smoothing = float(self.train_cfg.get("label_smoothing", 0.0))
-        weight = float(self.train_cfg.get("aux_ctc_weight", 0.0))
-        self.aux_ctc = AuxCTC(model, weight) if weight > 0 else None
+        self.aux_ctc = AuxCTC.from_config(model, self.train_cfg)
 
     def forward(self, model, images, labels):
         tok = model.tokenizer
@@ -115,21 +114,19 @@ class PermutationLM(Objective):
             content_mask, query_mask = order_masks(order)
             logits = model.decode_masked(memory_kv, context, additive(query_mask), additive(content_mask),
                                          padding)[0]  # (B, S, num_classes)
-            n = int((targets_out != tok.pad_id).sum())
-            ce = F.cross_entropy(logits.flatten(0, 1).float(), targets_out.flatten(), ignore_index=tok.pad_id,
-                                 label_smoothing=self.label_smoothing)
-            total = total + n * ce
-            count += n
+            # Sums and counts stay tensors: no device-to-host wait per order (a sum over no target is 0).
+            total = total + F.cross_entropy(logits.flatten(0, 1).float(), targets_out.flatten(),
+                                            ignore_index=tok.pad_id, label_smoothing=self.label_smoothing,
+                                            reduction="sum")
+            count = count + (targets_out != tok.pad_id).sum()
             if i == 1:  # EOS is a target under the canonical and the reverse order only
-                targets_out = targets_out.masked_fill(targets_out == tok.eos_id, tok.pad_id)
-                if not bool((targets_out != tok.pad_id).any()):
+                if num_chars == 0:
                     break  # a batch of empty labels: nothing left to predict
+                targets_out = targets_out.masked_fill(targets_out == tok.eos_id, tok.pad_id)
         loss = total / count
         parts = {"plm": loss.detach()}
         if self.aux_ctc is not None:
-            ctc = self.aux_ctc(model, memory, images, labels)
-            parts["ctc"] = ctc.detach()
-            loss = loss + self.aux_ctc.weight * ctc
+            loss = self.aux_ctc.add(loss, parts, model, memory, images, labels)
         return loss, parts
 
 
