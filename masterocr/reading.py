@@ -12,10 +12,10 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from masterocr.data.image import ROTATIONS, ImageError, ImageSource, ImageTransform, OrientationViews, Rotate
+from masterocr.data.image import ROTATIONS, TALL_RATIO, ImageError, ImageSource, ImageTransform, OrientationViews, Rotate
 
 ON_ERROR = ("auto", "raise", "skip")
-ORIENTATIONS = ("upright", "auto")
+ORIENTATIONS = ("upright", "tall", "auto")
 Prepared = TypeVar("Prepared")
 
 
@@ -166,7 +166,9 @@ class RecognizerBase:
 
     @property
     def orientation(self) -> str:
-        """"upright": read images as they are; "auto": read each in its four turns (0/90/180/270) and keep the
+        """"upright": read images as they are; "tall": turn crops at least TALL_RATIO (1.5) times taller than
+        wide by 90 degrees first (one reading, no search; a model trained with turned words then reads words
+        turned either way, see data.tall_turn); "auto": read each in its four turns (0/90/180/270) and keep the
         most confident reading (4x the model work), for text of unknown orientation."""
         return self._orientation
 
@@ -185,7 +187,8 @@ class RecognizerBase:
             return OrientationViews(t, rotation)
         return ImageTransform(t.height, t.width, keep_aspect=t.keep_aspect, grayscale=t.grayscale,
                               augment=Rotate(rotation) if rotation % 360 else None, mean=t.mean, std=t.std,
-                              pad=t.pad, width_step=t.width_step)
+                              pad=t.pad, width_step=t.width_step,
+                              tall_turn=TALL_RATIO if self.orientation == "tall" else 0.0)
 
     def collate(self, prepared: Sequence[Any]) -> Any:
         """`preprocess` outputs -> one (B, C, H, W) batch, or (B, 4, C, H, W) with orientation "auto"; images

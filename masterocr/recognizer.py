@@ -153,7 +153,9 @@ def default_model_name() -> str:
     return names[0]
 
 
-PREPROCESSING = ("keep_aspect", "pad", "width_step")  # how weights must be fed, kept in their metadata's extra
+# How weights must be fed, kept in their metadata's extra; orientation: the reading mode they were trained for
+# ("tall" for weights trained with data.tall_turn), the default of load() for them.
+PREPROCESSING = ("keep_aspect", "pad", "width_step", "orientation")
 
 
 def stored_preprocessing(name_or_path: str | os.PathLike) -> dict:
@@ -189,6 +191,8 @@ def stored_preprocessing(name_or_path: str | os.PathLike) -> dict:
         found["keep_aspect"] = bool(found["keep_aspect"])
     if "width_step" in found:
         found["width_step"] = int(found["width_step"])
+    if found.get("orientation") not in ORIENTATIONS:
+        found.pop("orientation", None)
     return found
 
 
@@ -200,13 +204,15 @@ def stored_keep_aspect(name_or_path: str | os.PathLike) -> bool | None:
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          decode_method: str = "greedy", beam_width: int = 5, keep_aspect: bool | None = None,
          batch_size: int = 32, precision: str = "fp32", use_ema: bool = True,
-         refine_iters: int | None = None, orientation: str = "upright") -> Recognizer:
+         refine_iters: int | None = None, orientation: str | None = None) -> Recognizer:
     """A Recognizer from a bundled model name, a .safetensors file or a training checkpoint (.ckpt).
 
     Without a name, the bundled model is used (an error says how to pass a path when none is bundled).
     decode_method: "greedy", "beam" or "nar" (models with a parallel decoder, e.g. PARSeq); refine_iters:
     cloze refinement passes after decoding (models that refine; None: the model's own default).
-    orientation="auto" reads every image in its four turns and keeps the most confident reading.
+    orientation: "upright", "tall" (crops 1.5x taller than wide turned a quarter first) or "auto" (every image
+    read in its four turns, the most confident reading kept); None: what the weights were trained for ("tall"
+    when their metadata says so, else "upright").
     """
     from masterocr.models.layers import fold_batchnorm
     from masterocr.weights import load_model
@@ -225,4 +231,5 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     return Recognizer(model, model_cfg, device=device, decode_method=decode_method, beam_width=beam_width,
                       keep_aspect=keep_aspect, batch_size=batch_size, precision=precision,
                       refine_iters=refine_iters, pad=stored.get("pad", "zero"),
-                      width_step=stored.get("width_step", 0), orientation=orientation)
+                      width_step=stored.get("width_step", 0),
+                      orientation=orientation or stored.get("orientation", "upright"))

@@ -7,12 +7,13 @@
 # repository alone is over it, so move masterocr/weights/parseq.safetensors out of the tree for the call (and
 # back after); master-small's weights (28 MB) fit beside the payload (~35 MB).
 # Environment: BUDGET (training seconds, default 400), CONFIG (default bundled-parseq-gpu), EXTRA (overrides),
-# OUT (results), DRY=1 (this machine: no payload unpacking, CPU, the overrides in EXTRA).
+# EVALS (`eval` arguments for best and final, sets separated by ";"), OUT (results), DRY=1 (this machine: no payload unpacking, CPU, the overrides in EXTRA).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 BUDGET=${BUDGET:-400}; CONFIG=${CONFIG:-bundled-parseq-gpu}; EXTRA=${EXTRA:-}
 RUN=${RUN:-/tmp/runs/parseq-gpu}
+EVALS=${EVALS:-"--data ../shared/data/IIIT5K/train --holdout 0.5; --data ../shared/data/SVT/train"}
 PY=${PY:-python3}; DEVICE=${DEVICE:-$([ -n "${DRY:-}" ] && echo cpu || echo cuda)}  # the evals' device
 export PYTHONUNBUFFERED=1
 if [ -z "${DRY:-}" ]; then
@@ -35,8 +36,11 @@ for w in best final; do
   f="$RUN/weights/$w.safetensors"
   [ -f "$f" ] || continue
   echo "== $w"
-  $PY -m masterocr.cli.main eval "$f" --data ../shared/data/IIIT5K/train --holdout 0.5 --device "$DEVICE" --no-progress 2>&1 | tail -4
-  $PY -m masterocr.cli.main eval "$f" --data ../shared/data/SVT/train --device "$DEVICE" --no-progress 2>&1 | tail -3
+  IFS=';' read -ra sets <<< "$EVALS"
+  for args in "${sets[@]}"; do
+    # shellcheck disable=SC2086  # each set is a list of words
+    $PY -m masterocr.cli.main eval "$f" $args --device "$DEVICE" --no-progress 2>&1 | grep -E "^\||orientation|Rotation"
+  done
 done
 pick="$RUN/weights/best.safetensors"; [ -f "$pick" ] || pick="$RUN/weights/final.safetensors"
 [ -f "$pick" ] && sha256sum "$pick" && split -b 15M -d "$pick" "$OUT/$(basename "$pick").part"

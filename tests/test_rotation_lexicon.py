@@ -133,6 +133,72 @@ def test_read_and_eval_cli_orientation_auto(tiny_weights, folder, tmp_path, caps
     assert json.loads((tmp_path / "out" / "results.json").read_text())["meta"]["orientation"] == "auto"
 
 
+# ---- the tall-crop rule -----------------------------------------------------------------------------------
+
+def test_turn_tall_turns_only_crops_at_least_one_and_a_half_times_taller_than_wide():
+    from PIL import Image
+
+    from masterocr.data.image import TALL_RATIO, turn_tall
+
+    assert TALL_RATIO == 1.5
+    for (w, h), turned in [((20, 30), True), ((20, 29), False), ((60, 20), False), ((20, 80), True)]:
+        img = Image.new("RGB", (w, h))
+        assert turn_tall(img).size == ((h, w) if turned else (w, h))
+    assert turn_tall(Image.new("RGB", (20, 80)), 0).size == (20, 80)  # ratio 0: off
+    word = render_word("road")
+    # a word turned clockwise (counter-clockwise by 270) comes back upright, pixel for pixel
+    assert np.array_equal(ImageTransform(32, 96, tall_turn=1.5).array(rotate_image(word, 270)),
+                          ImageTransform(32, 96).array(word))
+    assert np.array_equal(ImageTransform(32, 96, tall_turn=1.5).array(rotate_image(word, 90)),
+                          ImageTransform(32, 96).array(rotate_image(word, 180)))  # the other way: upside down
+    assert np.array_equal(ImageTransform(32, 96, tall_turn=1.5).array(word), ImageTransform(32, 96).array(word))
+
+
+def test_orientation_tall_reads_a_sideways_word_as_its_upright_or_upside_down_turn(tiny_weights, tmp_path, capsys):
+    import masterocr
+
+    tall, upright = masterocr.load(tiny_weights, orientation="tall"), masterocr.load(tiny_weights)
+    assert upright.orientation == "upright" and "orientation=tall" in repr(tall)
+    for word in WORDS[:4]:
+        img = render_word(word)
+        for turn, same_as in ((270, img), (90, rotate_image(img, 180)), (0, img), (180, rotate_image(img, 180))):
+            got, want = tall.read(rotate_image(img, turn)), upright.read(same_as)
+            assert (got.text, got.confidence) == (want.text, pytest.approx(want.confidence, abs=1e-6))
+        assert tall.read(rotate_image(img, 270)).text == word
+    turned = tmp_path / "turned.png"
+    rotate_image(render_word("home"), 270).save(turned)
+    assert main(["read", str(turned), "--model", str(tiny_weights), "--orientation", "tall",
+                 "--attention", str(tmp_path / "att")]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == "home" and (tmp_path / "att" / "turned.png").exists()
+
+
+def test_weights_trained_with_the_tall_rule_read_with_it_by_default_through_export_too(tiny_weights, tmp_path):
+    import onnx
+
+    import masterocr
+    from masterocr.export import export_model, write_metadata
+    from masterocr.runtime.graphs import ExportFolderError
+    from masterocr.weights import load_model, save_weights
+
+    model, cfg = load_model(tiny_weights)
+    path = save_weights(model, cfg, tmp_path / "tall.safetensors", extra={"orientation": "tall"})
+    assert masterocr.load(path).orientation == "tall"
+    assert masterocr.load(path, orientation="upright").orientation == "upright"  # the caller still chooses
+    assert masterocr.load(save_weights(model, cfg, tmp_path / "odd.safetensors",
+                                       extra={"orientation": "sideways"})).orientation == "upright"
+    folder = tmp_path / "export"
+    export_model(path, folder)
+    rec = masterocr.load(folder)
+    word = render_word("home")
+    assert rec.orientation == "tall" and rec.read(rotate_image(word, 270)).text == "home"
+    entry = folder / "encoder.onnx"
+    graph = onnx.load(str(entry))
+    meta = json.loads({p.key: p.value for p in graph.metadata_props}["masterocr"])
+    write_metadata(entry, {**meta, "orientation": "sideways"})
+    with pytest.raises(ExportFolderError, match="encoder.onnx: metadata orientation 'sideways'"):
+        masterocr.load(folder)
+
+
 # ---- lexicon ---------------------------------------------------------------------------------------------
 
 def test_lexicon_formats_and_snapping(tmp_path):

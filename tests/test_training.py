@@ -271,11 +271,15 @@ def test_time_budget_drives_the_cosine_and_refuses_onecycle():
 def test_time_budget_ends_a_run_with_its_weights(tmp_path, words_dir):
     cfg = tiny_config(tmp_path, words_dir, max_steps=100_000, max_time=4, schedule="cosine", val_every_steps=10_000)
     out = tmp_path / "run"
-    result = run_cli(["--config", cfg, "--output", out, "--quiet"], timeout=300)
+    result = run_cli(["--config", cfg, "--output", out, "--quiet", "data.tall_turn=1.5"], timeout=300)
     assert result.returncode == 0, result.stderr
     summary = summary_of(result.stdout)
     assert 0 < summary["global_step"] < 100_000 and not summary["interrupted"]
     assert (out / "weights" / "final.safetensors").exists()
+    # Trained with tall crops turned: the weights say so, and load() reads that way by default.
+    from masterocr.recognizer import stored_preprocessing
+
+    assert stored_preprocessing(out / "weights" / "final.safetensors")["orientation"] == "tall"
 
 
 def test_ema_tracks_average():

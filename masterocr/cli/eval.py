@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from masterocr.cli.common import by_reason, non_negative_int, positive_int, shown
+from masterocr.cli.common import add_orientation_argument, by_reason, non_negative_int, positive_int, shown
 from masterocr.cli.read import add_backend_argument
 
 
@@ -30,9 +30,7 @@ def register(subparsers) -> None:
                    help="drop samples whose normalised label is longer (default 25, as the benchmarks; 0: none)")
     p.add_argument("--rotation", nargs="+", type=int, default=[0], choices=[0, 90, 180, 270], metavar="DEG",
                    help="evaluate on images rotated by these degrees (e.g. --rotation 90 180 270); default 0")
-    p.add_argument("--orientation", default="upright", choices=["upright", "auto"],
-                   help="auto: read each image in its four turns (0/90/180/270) and keep the most confident "
-                        "reading (4x the model work); default upright")
+    add_orientation_argument(p)
     p.add_argument("--lexicon", metavar="FILE",
                    help="snap each reading to the nearest word of a lexicon (edit distance): SVT's per-photo "
                         "file (`<photo id> W1,W2,...`, crops named <photo id>_<n>) or one word per line")
@@ -101,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         notes = [f"rotation {rotation}°"] if len(args.rotation) > 1 or rotation else []
         if lexicon is not None:
             notes.append(f"lexicon {args.lexicon}")
-        if args.orientation != "upright":
-            notes.append(f"orientation {args.orientation}")
+        if rec.orientation != "upright":
+            notes.append(f"orientation {rec.orientation}")
         if notes:
             header = ", ".join(notes)
             print(f"\n{header[0].upper()}{header[1:]}, protocol {args.protocol}:\n")

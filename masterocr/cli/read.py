@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from masterocr.cli.common import by_reason, json_line, non_negative_int, positive_int, shown, tsv_field
+from masterocr.cli.common import add_orientation_argument, by_reason, json_line, non_negative_int, positive_int, shown, tsv_field
 
 BACKENDS = ("auto", "torch", "onnx")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -37,9 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--refine", type=non_negative_int, default=None, metavar="N",
                    help="cloze refinement passes after decoding (PARSeq; default: the model's own, 1)")
     p.add_argument("--beam-width", type=positive_int, default=5)
-    p.add_argument("--orientation", default="upright", choices=["upright", "auto"],
-                   help="auto: read each image in its four turns (0/90/180/270) and keep the most confident "
-                        "reading (4x the model work; JSON gives the turn as `orientation`); default upright")
+    add_orientation_argument(p, "; JSON gives the turn as `orientation`")
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="write per image a PNG of the decoder attention for each character")
     p.set_defaults(func=run)
@@ -120,7 +118,7 @@ def _attention_name(path: str, used: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterocr.data.image import ImageError, load_image, rotate_image
+    from masterocr.data.image import ImageError, load_image, rotate_image, turn_tall
     from masterocr.figures import attention_figure
 
     paths, failed = expand_inputs(args.inputs)
@@ -163,11 +161,12 @@ def run(args: argparse.Namespace) -> int:
                         print(f"masterocr read: {shown(path)}: attention written to {shown(figure)} "
                               f"({Path(path).stem or 'image'}.png holds another input's)", file=sys.stderr)
                     # The attention belongs to the turn that was read: draw it over that turn.
-                    attention_figure(rotate_image(img, r.orientation), r, rec.img_size, rec.keep_aspect).save(figure)
+                    turned = turn_tall(img) if rec.orientation == "tall" else rotate_image(img, r.orientation)
+                    attention_figure(turned, r, rec.img_size, rec.keep_aspect).save(figure)
             if args.json:
                 line = {"path": path, "text": r.text, "confidence": round(r.confidence, 6),
                         "chars": list(r.text), "char_probs": [round(p, 6) for p in r.char_probs]}
-                if args.orientation == "auto":
+                if rec.orientation == "auto":
                     line["orientation"] = r.orientation
                 if figure is not None:
                     line["attention"] = str(figure)

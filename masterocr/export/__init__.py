@@ -163,6 +163,7 @@ def export_model(name_or_path: str | os.PathLike, out_dir: str | os.PathLike, fo
         "keep_aspect": bool(keep_aspect),
         "pad": str(stored.get("pad", "zero")),
         "width_step": int(stored.get("width_step", 0)),
+        "orientation": str(stored.get("orientation", "upright")),  # the reading mode the weights were trained for
         "mean": float(defaults.mean),
         "std": float(defaults.std),
         "decoding_defaults": {"method": "greedy", "beam_width": 5, "refine_iters": default_refine_iters(model)},

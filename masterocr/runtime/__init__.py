@@ -39,7 +39,7 @@ def providers_for(device: str) -> list[str]:
 def load(folder: str | os.PathLike, device: str = "cpu", decode_method: str | None = None,
          beam_width: int | None = None, keep_aspect: bool | None = None, batch_size: int = 32,
          width: int | None = None, threads: int | None = None, precision: str | None = None,
-         options: SessionOptions | None = None, refine_iters: int | None = None, orientation: str = "upright"):
+         options: SessionOptions | None = None, refine_iters: int | None = None, orientation: str | None = None):
     """An OnnxRecognizer for an export folder. `precision` is fixed by the export (fp32 or int8 graphs): a
     different value is an error. See OnnxRecognizer for the other arguments."""
     from masterocr.runtime.recognizer import OnnxRecognizer

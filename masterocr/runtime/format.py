@@ -19,6 +19,8 @@ An export is a folder of ONNX graphs. Each graph carries the whole description o
     keep_aspect, mean, std      the image pipeline: resize mode and normalisation (x/255 - mean) / std
     pad, width_step             how a kept-aspect image is padded ("zero" or "edge") and the width step of
                                 variable-width canvases (0: the fixed width), as data/image.py's resize
+    orientation                 optional: the reading mode the weights were trained for ("upright", "tall":
+                                crops 1.5x taller than wide turned a quarter first, "auto"); the runtime's default
     width_range                 [min, max] input widths the graphs accept (null: the fixed width only)
     feature_height              rows of the feature map the attention is drawn on (columns follow the width)
     max_steps                   decoding steps at most (labels + EOS; the positions of a parallel graph)
@@ -67,7 +69,7 @@ CACHE_LAYOUTS = ("concat", "fixed")
 SHARED_FIELDS = ("format", "format_version", "graphs", "model_name", "family", "decoding", "charset",
                  "max_label_length", "img_size", "in_channels", "keep_aspect", "mean", "std", "pad", "width_step",
                  "width_range", "feature_height", "max_steps", "cache", "precision", "model_config", "export_id",
-                 "tokens", "num_classes", "decoder")
+                 "orientation", "tokens", "num_classes", "decoder")
 REQUIRED_FIELDS = ("format", "format_version", "graphs", "model_name", "family", "decoding", "charset",
                    "max_label_length", "img_size", "in_channels", "keep_aspect", "mean", "std", "width_range",
                    "precision", "model_config", "export_id", "tokens", "role", "masterocr_version",

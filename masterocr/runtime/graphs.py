@@ -136,6 +136,10 @@ def open_export(folder: str | os.PathLike, options: SessionOptions | None = None
     if decoding not in ROLES_BY_DECODING:
         raise ExportFolderError(f"{entry}: decoding {decoding!r} is not one this runtime replays "
                                 f"({', '.join(ROLES_BY_DECODING)}); a newer masterocr may read it")
+    from masterocr.reading import ORIENTATIONS
+
+    if meta.get("orientation", "upright") not in ORIENTATIONS:
+        raise ExportFolderError(f"{entry}: metadata orientation {meta['orientation']!r} is not one of {ORIENTATIONS}")
     graphs = meta["graphs"]
     needed, optional = ROLES_BY_DECODING[decoding], OPTIONAL_ROLES.get(decoding, ())
     if not isinstance(graphs, dict) or not set(needed) <= set(graphs) <= set(needed) | set(optional):

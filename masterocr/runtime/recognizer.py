@@ -65,7 +65,7 @@ class OnnxRecognizer(RecognizerBase):
     def __init__(self, folder: str | os.PathLike, decode_method: str | None = None, beam_width: int | None = None,
                  keep_aspect: bool | None = None, batch_size: int = 32, width: int | None = None,
                  threads: int | None = None, options: SessionOptions | None = None, refine_iters: int | None = None,
-                 orientation: str = "upright"):
+                 orientation: str | None = None):
         options = options or SessionOptions(threads=threads)
         self.export: ExportFolder = open_export(folder, options)
         meta = self.metadata = self.export.metadata
@@ -92,7 +92,7 @@ class OnnxRecognizer(RecognizerBase):
         self.transform = ImageTransform(height, model_width, keep_aspect=keep_aspect,
                                         grayscale=int(meta["in_channels"]) == 1, mean=meta["mean"], std=meta["std"],
                                         pad=meta.get("pad", "zero"), width_step=meta.get("width_step", 0))
-        self.orientation = orientation
+        self.orientation = orientation or str(meta.get("orientation", "upright"))  # None: the export's mode
         sessions = self.export.sessions
         self.spec = self.step = self.refiner = self.encoder = self.model = None
         if self.kind == "autoregressive":

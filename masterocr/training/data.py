@@ -296,7 +296,9 @@ class RecognitionData(LightningDataModule):
     held-out part (about `fraction` of it, chosen per sample by a seeded hash of its id).
     Other keys: augment (preset name, mapping or none), keep_aspect, epoch_size, num_workers ("auto" or a
     number), remove_whitespace, rotate90 (the share of training crops, real and synthetic, turned by 90, 180
-    or 270 degrees; a validation source's `rotate: DEG` turns all of it), short_words_first ({steps,
+    or 270 degrees; a validation source's `rotate: DEG` turns all of it), tall_turn (> 0: crops at least that
+    many times taller than wide are turned 90 degrees in training and validation, as `read --orientation tall`
+    does: words turned either way become upright or upside down), short_words_first ({steps,
     start_length}: synthetic labels capped at start_length, growing to the full length over `steps`
     optimizer steps).
     """
@@ -328,7 +330,8 @@ class RecognitionData(LightningDataModule):
         else:
             augment = Rotate(rotate) if rotate % 360 else None
         return ImageTransform(*self.img_size, keep_aspect=bool(self.data_cfg.get("keep_aspect", False)),
-                              grayscale=self.grayscale, augment=augment)
+                              grayscale=self.grayscale, augment=augment,
+                              tall_turn=float(self.data_cfg.get("tall_turn") or 0.0))
 
     def _open_source(self, source: Mapping[str, Any], transform: ImageTransform, train: bool) -> tuple[str, Dataset]:
         unknown = sorted(set(source) - {"path", "weight", "synthetic", "name", "holdout", "rotate"})

@@ -87,6 +87,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "prefetch_factor": 2,
     "short_words_first": None,        # {steps, start_length}: synthetic labels capped short at first
     "rotate90": 0.0,                  # share of training crops (real and synthetic) turned 90/180/270 degrees
+    "tall_turn": 0.0,                 # > 0: crops this many times taller than wide turned 90 degrees (train + val)
 }
 
 
@@ -436,8 +437,10 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None,
     if trainer.is_global_zero and not summary["interrupted"]:
         # The resize mode is part of how the model must be fed: store it with the weights.
         keep_aspect = bool(cfg.data.keep_aspect)
-        extra = {"global_step": trainer.global_step, "best_val_acc": checkpoints.best_score,
-                 "keep_aspect": keep_aspect}
+        feeding = {"keep_aspect": keep_aspect}
+        if float(cfg.data.get("tall_turn") or 0.0) > 0:  # trained to read tall crops turned: read them so
+            feeding["orientation"] = "tall"
+        extra = {"global_step": trainer.global_step, "best_val_acc": checkpoints.best_score, **feeding}
         final = module.ema.shadow if module.ema is not None else model.state_dict()
         summary["final_weights"] = str(save_weights(final, cfg.model, output / "weights" / "final.safetensors",
                                                     dtype=str(t.export_dtype), extra=extra))
@@ -449,5 +452,5 @@ def train(cfg: DictConfig, output: str | os.PathLike, resume: str | None = None,
                                                        dtype=str(t.export_dtype),
                                                        extra={"global_step": checkpoints.best_step,
                                                               "val_acc": checkpoints.best_score,
-                                                              "keep_aspect": keep_aspect}))
+                                                              **feeding}))
     return summary
