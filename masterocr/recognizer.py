@@ -210,7 +210,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     Without a name, the bundled model is used (an error says how to pass a path when none is bundled).
     decode_method: "greedy", "beam" or "nar" (models with a parallel decoder, e.g. PARSeq); refine_iters:
     cloze refinement passes after decoding (models that refine; None: the model's own default).
-    orientation: "upright", "tall" (crops 1.5x taller than wide turned a quarter first) or "auto" (every image
+    orientation: "upright", "tall" (crops taller than wide also read turned a quarter) or "auto" (every image
     read in its four turns, the most confident reading kept); None: what the weights were trained for ("tall"
     when their metadata says so, else "upright").
     """

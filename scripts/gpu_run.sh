@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# One lent GPU call (device tool): train the bundled PARSeq on a wall-clock budget, score best/final on the
-# selection sets there, and leave best's fp16 weights in $OUT as <16 MiB parts (`cat part.* > file` joins them).
+# One lent GPU call (device tool): train on a wall-clock budget (default: the bundled PARSeq), score best/final on
+# the selection sets there, and leave best's fp16 weights in $OUT as <16 MiB parts (`cat part.* > file` joins them).
+# Runs made with it: the bundled PARSeq (defaults, BUDGET=360) and master-small's rotation fine-tune:
+#   CONFIG=bundled-gpu-rotate BUDGET=450 RUN=/tmp/runs/rot EXTRA="--finetune master-small" \
+#   EVALS="--data ../shared/data/SVT/train --rotation 0 90 180 270 --orientation tall" bash scripts/gpu_run.sh
 # Needs the payload (scripts/gpu_payload.py -> gpu/) and the wheels the machine lacks (.whl/), both carried:
 #   run(command="bash scripts/gpu_run.sh", carry=["gpu", ".whl"])
 # A device call carries at most 64 MiB, the tracked files included: since the bundled PARSeq (48 MB) the
-# repository alone is over it, so move masterocr/weights/parseq.safetensors out of the tree for the call (and
-# back after); master-small's weights (28 MB) fit beside the payload (~35 MB).
+# repository alone is over it, so move masterocr/weights/parseq.safetensors and crnn-small.safetensors out of the
+# tree for the call (and back after); master-small's weights (28 MB) fit beside the payload (~35 MB).
+# Overrides go before --finetune in EXTRA (the overrides are one positional list).
 # Environment: BUDGET (training seconds, default 400), CONFIG (default bundled-parseq-gpu), EXTRA (overrides),
 # EVALS (`eval` arguments for best and final, sets separated by ";"), OUT (results), DRY=1 (this machine: no payload unpacking, CPU, the overrides in EXTRA).
 set -u -o pipefail

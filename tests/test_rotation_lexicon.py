@@ -161,15 +161,32 @@ def test_orientation_tall_reads_a_sideways_word_as_its_upright_or_upside_down_tu
     assert upright.orientation == "upright" and "orientation=tall" in repr(tall)
     for word in WORDS[:4]:
         img = render_word(word)
-        for turn, same_as in ((270, img), (90, rotate_image(img, 180)), (0, img), (180, rotate_image(img, 180))):
-            got, want = tall.read(rotate_image(img, turn)), upright.read(same_as)
-            assert (got.text, got.confidence) == (want.text, pytest.approx(want.confidence, abs=1e-6))
-        assert tall.read(rotate_image(img, 270)).text == word
+        for turn in (0, 180):  # wide crops: one reading, the upright recognizer's
+            got, want = tall.read(rotate_image(img, turn)), upright.read(rotate_image(img, turn))
+            assert (got.text, got.confidence, got.orientation) == (want.text, want.confidence, 0)
+        # turned clockwise: the tall crop's quarter turn is the upright word, and more confident than the crop
+        got = tall.read(rotate_image(img, 270))
+        assert (got.text, got.orientation) == (word, 90)
+        assert got.confidence == pytest.approx(upright.read(img).confidence, abs=1e-6)
+        sideways = upright.read(rotate_image(img, 90))  # turned the other way: upside down or as it is
+        got = tall.read(rotate_image(img, 90))
+        options = {(upright.read(rotate_image(img, 180)).text, 90), (sideways.text, 0)}
+        assert (got.text, got.orientation) in options
     turned = tmp_path / "turned.png"
     rotate_image(render_word("home"), 270).save(turned)
-    assert main(["read", str(turned), "--model", str(tiny_weights), "--orientation", "tall",
+    assert main(["read", str(turned), "--model", str(tiny_weights), "--orientation", "tall", "--json",
                  "--attention", str(tmp_path / "att")]) == 0
-    assert capsys.readouterr().out.split("\t")[1] == "home" and (tmp_path / "att" / "turned.png").exists()
+    record = json.loads(capsys.readouterr().out.strip())
+    assert (record["text"], record["orientation"]) == ("home", 90) and (tmp_path / "att" / "turned.png").exists()
+
+
+def test_tall_views_keep_the_more_confident_reading_of_a_tall_crop():
+    from masterocr.reading import ReadResult, more_confident_of_tall_views
+
+    readings = [ReadResult("turned", 0.6, []), ReadResult("as-is", 0.9, []), ReadResult("wide", 0.2, []),
+                ReadResult("turned", 0.7, []), ReadResult("as-is", 0.7, [])]
+    kept = more_confident_of_tall_views(readings, [2, 1, 2])
+    assert [(r.text, r.orientation) for r in kept] == [("as-is", 0), ("wide", 0), ("turned", 90)]
 
 
 def test_weights_trained_with_the_tall_rule_read_with_it_by_default_through_export_too(tiny_weights, tmp_path):

@@ -118,7 +118,7 @@ def _attention_name(path: str, used: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterocr.data.image import ImageError, load_image, rotate_image, turn_tall
+    from masterocr.data.image import ImageError, load_image, rotate_image
     from masterocr.figures import attention_figure
 
     paths, failed = expand_inputs(args.inputs)
@@ -161,12 +161,11 @@ def run(args: argparse.Namespace) -> int:
                         print(f"masterocr read: {shown(path)}: attention written to {shown(figure)} "
                               f"({Path(path).stem or 'image'}.png holds another input's)", file=sys.stderr)
                     # The attention belongs to the turn that was read: draw it over that turn.
-                    turned = turn_tall(img) if rec.orientation == "tall" else rotate_image(img, r.orientation)
-                    attention_figure(turned, r, rec.img_size, rec.keep_aspect).save(figure)
+                    attention_figure(rotate_image(img, r.orientation), r, rec.img_size, rec.keep_aspect).save(figure)
             if args.json:
                 line = {"path": path, "text": r.text, "confidence": round(r.confidence, 6),
                         "chars": list(r.text), "char_probs": [round(p, 6) for p in r.char_probs]}
-                if rec.orientation == "auto":
+                if rec.orientation != "upright":
                     line["orientation"] = r.orientation
                 if figure is not None:
                     line["attention"] = str(figure)

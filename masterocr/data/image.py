@@ -385,3 +385,21 @@ class OrientationViews:
         import torch
 
         return torch.from_numpy(self.array(source, name))
+
+
+class TallViews(OrientationViews):
+    """`--orientation tall` input: an image at least `ratio` times taller than wide -> (2, C, H, W): the image
+    turned a quarter (turn_tall), then as it is; any other image -> (C, H, W) as `transform` makes it. A
+    recognizer reads both views of a tall crop and keeps the more confident (a word on its side, or a genuinely
+    tall upright crop such as one letter); wide crops cost one reading."""
+
+    def __init__(self, transform: ImageTransform, rotation: int = 0, ratio: float = TALL_RATIO):
+        super().__init__(transform, rotation)
+        self.ratio = float(ratio)
+
+    def array(self, source: ImageSource, name: str | None = None) -> np.ndarray:
+        img = self.rotation(load_image(source, grayscale=self.transform.grayscale, name=name))
+        turned = turn_tall(img, self.ratio)
+        if turned is img:
+            return self.transform.array(img)
+        return self.transform.collate([self.transform.array(turned), self.transform.array(img)])

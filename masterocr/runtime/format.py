@@ -20,7 +20,7 @@ An export is a folder of ONNX graphs. Each graph carries the whole description o
     pad, width_step             how a kept-aspect image is padded ("zero" or "edge") and the width step of
                                 variable-width canvases (0: the fixed width), as data/image.py's resize
     orientation                 optional: the reading mode the weights were trained for ("upright", "tall":
-                                crops 1.5x taller than wide turned a quarter first, "auto"); the runtime's default
+                                crops taller than wide also read turned a quarter, "auto"); the runtime's default
     width_range                 [min, max] input widths the graphs accept (null: the fixed width only)
     feature_height              rows of the feature map the attention is drawn on (columns follow the width)
     max_steps                   decoding steps at most (labels + EOS; the positions of a parallel graph)

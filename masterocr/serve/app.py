@@ -87,6 +87,8 @@ class ReadingOut(BaseModel):
     confidence: float
     char_probs: list[float]
     error: str | None = Field(None, description="why this image could not be read (text is then empty)")
+    orientation: int = Field(0, description="degrees (counter-clockwise) the image was turned to be read: 0 "
+                                            "unless the model's orientation mode (tall, auto) turned it")
     attention: AttentionOut | None = Field(None, description="with ?attention=true, for models with attention")
 
 
@@ -187,7 +189,8 @@ class Service:
                 log.warning("%s: %s", upload.name, result.error)
             item = {"name": upload.name, "text": result.text, "confidence": float(result.confidence),
                     "char_probs": [float(p) for p in result.char_probs],
-                    "error": f"{upload.name}: {result.error}" if result.error else None}
+                    "error": f"{upload.name}: {result.error}" if result.error else None,
+                    "orientation": int(result.orientation)}
             if attention:
                 item["attention"] = None if result.attention is None else {
                     "valid_fraction": self.valid_fraction(size),
