@@ -465,16 +465,18 @@ def _emboss(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, depth: 
     pad = np.pad(a, d)
     h, w = a.shape
     shifted = pad[d + dy:d + dy + h, d + dx:d + dx + w]
-    light = np.clip(a - shifted, 0, 1)[:, :, None]  # edges facing the light
-    shade = np.clip(shifted - a, 0, 1)[:, :, None]
+    light = np.clip(a - shifted, 0, 1)  # edges facing the light
+    shade = np.clip(shifted - a, 0, 1)
     amount = np.float32(rng.uniform(0.4, 0.8))
-    img += light * amount * (255 - img)
-    img -= shade * amount * img
+    img += fx.per_pixel(light * amount) * (255 - img)
+    img -= fx.per_pixel(shade * amount) * img
 
 
 def _over(img: np.ndarray, mask: np.ndarray, colour, opacity: float = 1.0) -> None:
     """In place: img = img * (1 - a) + colour * a, with a = mask / 255 * opacity."""
-    a = mask.astype(np.float32)[:, :, None] * (opacity / 255.0)
+    a = fx.per_pixel(mask.astype(np.float32) * (opacity / 255.0))
+    if np.ndim(colour) == 1:  # one colour (else a gradient, already an image-like operand)
+        colour = fx.per_column(colour, img.shape[1])
     img += a * (colour - img)
 
 
