@@ -11,6 +11,10 @@ Three measurements (each can be skipped):
              and per worker. With --against REF the same is measured for the renderer of commit REF (exported
              to a temporary folder with `git archive`), alternating rounds REF, this tree, REF, ..., so both
              see the same machine load.
+  paired     with --against REF only: two persistent processes (REF and this tree, one thread each, warm
+             caches) render the same chunks of indices, one after the other in alternating order; the ratio of
+             their CPU times per chunk (median and quartiles) resolves differences of a few percent that the
+             load swings between loader rounds hide on a shared machine.
   profile    per effect, the marginal cost of a word with the effect forced on (p=1) against forced off
              (p=0), all others at their defaults, the two interleaved in chunks over the same indices; and the
              expected cost per word at the default probability (marginal x p). Also for REF with --against.
@@ -18,7 +22,7 @@ Three measurements (each can be skipped):
 The machine's load average is printed at the start and end: on a shared machine, compare ratios from one run.
 
     python benchmarks/synth_speed.py [--against HEAD~3] [--workers 2] [--rounds 2] [--batches 60]
-        [--skip per-core loader profile] [--size 32x100]
+        [--skip per-core loader paired profile] [--size 32x100] [--chunks 30]
 """
 
 from __future__ import annotations
@@ -77,6 +81,28 @@ LOADER_CHILD = textwrap.dedent("""
     assert images.shape == (64, 3, height, width), images.shape
     import masterocr
     print(json.dumps({"words": batches * 64, "wall": wall, "worker_cpu": cpu, "package": masterocr.__file__}))
+""")
+
+PAIRED_CHILD = textwrap.dedent("""
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    from masterocr.data.image import ImageTransform
+    from masterocr.data.synth import SyntheticDataset
+
+    height, width = (int(a) for a in sys.argv[1:3])
+    ds = SyntheticDataset("94", transform=ImageTransform(height, width), seed=0)
+    getattr(ds.renderer, "warm_up", ds.renderer.preload_glyphs)()
+    for i in range(1500):  # past the first-use costs (kerning pairs, fonts opened)
+        ds[i]
+    import masterocr
+    print(masterocr.__file__, flush=True)
+    for line in sys.stdin:  # "start count" -> CPU seconds for ds[start:start + count]
+        start, count = (int(v) for v in line.split())
+        t = time.process_time()
+        for i in range(start, start + count):
+            ds[i]
+        print(time.process_time() - t, flush=True)
 """)
 
 PROFILE_CHILD = textwrap.dedent("""
@@ -146,6 +172,38 @@ def child(code: str, pythonpath: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def paired(trees, args, height: int, width: int) -> None:
+    """Both renderers on the same chunks, alternately; prints REF's CPU time over this tree's per chunk."""
+    import statistics
+
+    procs = []
+    for _, path in trees:
+        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
+        proc = subprocess.Popen([sys.executable, "-c", PAIRED_CHILD, str(height), str(width)], env=env, cwd=path,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().startswith(path)  # the tree asked for
+        procs.append(proc)
+    n = args.chunk
+    ratios, totals = [], [0.0, 0.0]
+    for c in range(args.chunks):
+        seconds = [0.0, 0.0]
+        for k in ((0, 1) if c % 2 == 0 else (1, 0)):  # who goes first alternates
+            procs[k].stdin.write(f"{100_000 + c * n} {n}\n")
+            procs[k].stdin.flush()
+            seconds[k] = float(procs[k].stdout.readline())
+            totals[k] += seconds[k]
+        ratios.append(seconds[0] / seconds[1])
+    for proc in procs:
+        proc.stdin.close()
+        proc.wait()
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    (ref, _), (name, _) = trees
+    print(f"\npaired, in one process each ({args.chunks} chunks of {n} words, same indices, {height}x{width} tensors, "
+          f"warm caches): {ref} {1e3 * totals[0] / (args.chunks * n):.3f} ms/word, {name} "
+          f"{1e3 * totals[1] / (args.chunks * n):.3f} ms/word of CPU; speed-up {ref} / {name}: median chunk "
+          f"{statistics.median(ratios):.3f}x (quartiles {q1:.3f}-{q3:.3f}), all chunks {totals[0] / totals[1]:.3f}x")
+
+
 def per_core(args, height: int, width: int) -> None:
     import torch
 
@@ -186,7 +244,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60, help="timed batches of 64 per loader round")
     parser.add_argument("--count", type=int, default=1000, help="words per per-core cell (default 1000)")
     parser.add_argument("--profile-count", type=int, default=400, help="words per effect setting in the profile")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["per-core", "loader", "profile"])
+    parser.add_argument("--chunks", type=int, default=30, help="paired chunks (default 30)")
+    parser.add_argument("--chunk", type=int, default=200, help="words per paired chunk (default 200)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["per-core", "loader", "paired", "profile"])
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.lower().split("x"))
 
@@ -217,6 +277,8 @@ def main() -> None:
             if args.against:
                 old, new = (sum(c for _, c in results[n]) / len(results[n]) for n, _ in trees)
                 print(f"ratio this tree / {args.against} (per CPU second): {new / old:.2f}x")
+        if args.against and "paired" not in args.skip:
+            paired(trees, args, height, width)
         if "profile" not in args.skip:
             for name, path in trees:
                 rows = child(PROFILE_CHILD, path, height, width, args.profile_count, 50)

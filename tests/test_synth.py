@@ -517,3 +517,43 @@ def test_irregular_preset_turns_the_issue_20_appearance_on_and_defaults_keep_it_
     assert default.backgrounds.weights["photo"] == 0 < irregular.backgrounds.weights["photo"]
     assert default.fonts.group_weights["lobster"] == 0 < irregular.fonts.group_weights["lobster"]
     assert (irregular.effects.rotation.p, irregular.effects.curve.p) == (1.0, 0.12)
+
+
+def test_image_shaped_operands_give_the_broadcast_results_bit_for_bit():
+    """per_pixel / per_column only lay operands out like the image (for speed): the arithmetic must give
+    exactly what broadcasting an (h, w, 1) mask or a (3,) colour gives."""
+    from masterocr.data.synth import effects as fx
+    from masterocr.data.synth.render import _over
+
+    rng = np.random.default_rng(5)
+    h, w = 13, 37
+    img = (rng.random((h, w, 3)) * 255).astype(np.float32)
+    mask = (rng.random((h, w)) * 255).astype(np.uint8)
+    colour = (rng.random(3) * 255).astype(np.float32)
+    assert np.array_equal(fx.per_pixel(mask), np.broadcast_to(mask[:, :, None], (h, w, 3)))
+    assert np.array_equal(fx.filled(colour, h, w), np.broadcast_to(colour, (h, w, 3)))
+    assert np.array_equal(img + fx.per_column(colour, w), img + colour)
+    gradient = colour + np.linspace(0, 1, h, dtype=np.float32)[:, None, None] * (255 - colour)
+    for paint, opacity, m in ((colour, 1.0, mask), (colour, 0.37, mask), (gradient, 0.8, mask),
+                              (colour, 0.6, mask.astype(np.float32) * np.float32(1.7))):
+        expected = img.copy()
+        a = m.astype(np.float32)[:, :, None] * (opacity / 255.0)  # the broadcast formula _over stands for
+        expected += a * (paint - expected)
+        got = img.copy()
+        _over(got, m, paint, opacity)
+        assert np.array_equal(got, expected)
+
+
+def test_jpeg_degradation_decodes_as_image_open_does():
+    from masterocr.data.synth.effects import apply_jpeg
+
+    rng = np.random.default_rng(2)
+    img = Image.fromarray((rng.random((32, 71, 3)) * 255).astype(np.uint8), "RGB")
+    for seed in range(4):
+        out = apply_jpeg(img, sample_rng(seed, 0), 0.85)
+        quality = int(round(95 - sample_rng(seed, 0).uniform(0, 1) * 0.85 * 90))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=max(5, quality))
+        reference = Image.open(io.BytesIO(buf.getvalue()))
+        assert out.mode == "RGB" and out.size == img.size
+        assert np.array_equal(np.asarray(out), np.asarray(reference.convert("RGB")))

@@ -36,6 +36,32 @@ MAX_IMAGES = 400
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
+# ---- per-pixel and per-channel operands -------------------------------------------------------------------
+# NumPy runs (h, w, 3) arithmetic against an (h, w, 1) mask or a (3,) colour three values at a time (a broadcast
+# inner loop), 3-6x slower on these small crops than against an operand laid out like the image. These give the
+# same values in that layout, so the arithmetic and its results are unchanged.
+
+def per_pixel(a: np.ndarray) -> np.ndarray:
+    """(h, w) -> (h, w, 3): each value repeated for the three channels."""
+    out = np.empty(a.shape + (3,), a.dtype)
+    out[:, :, 0] = a
+    out[:, :, 1] = a
+    out[:, :, 2] = a
+    return out
+
+
+def per_column(colour: np.ndarray, w: int) -> np.ndarray:
+    """(3,) colour -> (w, 3): one row of it, which broadcasts over an (h, w, 3) image in long runs."""
+    return np.tile(colour, (w, 1))
+
+
+def filled(colour: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) array of one colour."""
+    out = np.empty((h, w, 3), colour.dtype)
+    out[...] = per_column(colour, w)
+    return out
+
+
 # ---- colours ----------------------------------------------------------------------------------------------
 
 def luminance(rgb: np.ndarray) -> float:
@@ -279,14 +305,14 @@ class Backgrounds:
         if self.colours.background_rgb is not None:
             c1 = np.asarray(self.colours.background_rgb, np.float32)
         if kind == "solid":
-            return np.broadcast_to(c1, (h, w, 3)).copy(), c1
+            return filled(c1, h, w), c1
         if kind == "gradient":
             c2 = shifted_colour(rng, c1, rng.uniform(0.1, 0.45))
             angle = rng.uniform(0, 2 * np.pi)
             gx = np.linspace(-0.5, 0.5, w, dtype=np.float32) * np.cos(angle) * (w / max(h, 1)) ** 0.5
             gy = np.linspace(-0.5, 0.5, h, dtype=np.float32) * np.sin(angle)
-            t = np.clip(gy[:, None] + gx[None, :] + 0.5, 0, 1)[:, :, None]
-            return c1 + t * (c2 - c1), (c1 + c2) / 2
+            t = per_pixel(np.clip(gy[:, None] + gx[None, :] + 0.5, 0, 1))
+            return per_column(c1, w) + t * per_column(c2 - c1, w), (c1 + c2) / 2
         # texture: a zoomed crop of a bank texture mapped between two close colours
         tex = self.bank[int(rng.integers(len(self.bank)))]
         zoom = float(np.exp(rng.uniform(np.log(0.5), np.log(3.0))))
@@ -294,8 +320,8 @@ class Backgrounds:
         x0, y0 = rng.uniform(0, tex.width - cw), rng.uniform(0, tex.height - ch)
         t = np.asarray(tex.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), np.float32)
         c2 = shifted_colour(rng, c1, self.config.texture_strength * rng.uniform(0.2, 1.0))
-        t = t[:, :, None] * np.float32(1 / 255.0)
-        return c1 + t * (c2 - c1), (c1 + c2) / 2
+        t = per_pixel(t * np.float32(1 / 255.0))
+        return per_column(c1, w) + t * per_column(c2 - c1, w), (c1 + c2) / 2
 
     def _crop(self, img: Image.Image, rng: np.random.Generator, h: int, w: int, zoom_range: tuple[float, float]
               ) -> np.ndarray:
@@ -315,7 +341,8 @@ class Backgrounds:
         patch = self._crop(img, rng, h, w, (1.0, 8.0))
         mean = patch.reshape(-1, 3).mean(axis=0)
         strength = self.config.photo_strength * rng.uniform(0.5, 1.0)
-        return mean + (patch - mean) * np.float32(strength), mean
+        row = per_column(mean, w)
+        return row + (patch - row) * np.float32(strength), mean
 
     def _image_patch(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A zoomed crop of a natural image, contrast-reduced, often recoloured; None if it is unreadable."""
@@ -329,8 +356,9 @@ class Backgrounds:
             colour = random_colour(rng, self.colours.grey_p)
             grey = patch @ _LUMA
             rel = (grey - grey.mean()) * (strength * 1.5)
-            return np.clip(colour + rel[:, :, None], 0, 255), colour
-        return mean + (patch - mean) * strength, mean
+            return np.clip(per_column(colour, w) + per_pixel(rel), 0, 255), colour
+        row = per_column(mean, w)
+        return row + (patch - row) * strength, mean
 
 
 # ---- degradations (float32 (H, W, 3) in [0, 255] unless noted) --------------------------------------------
@@ -344,20 +372,21 @@ def apply_lighting(img: np.ndarray, rng: np.random.Generator, strength: float) -
         gx = np.linspace(-1, 1, w, dtype=np.float32) * np.cos(angle)
         gy = np.linspace(-1, 1, h, dtype=np.float32) * np.sin(angle)
         gain = 1 + amp * 0.5 * (gy[:, None] + gx[None, :])
-        return img * gain[:, :, None]
+        return img * per_pixel(gain)
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     r = rng.uniform(0.3, 1.0) * max(h, w) * 0.5
     yy, xx = np.ogrid[0:h, 0:w]
     glare = np.exp(-(((xx - cx) ** 2 + ((yy - cy) * 1.5) ** 2) / (2 * r * r))).astype(np.float32)
     # Screen-like blend, capped so the brightest spot keeps part of its contrast.
-    return img + glare[:, :, None] * (0.6 * amp) * (255 - img)
+    return img + per_pixel(glare * (0.6 * amp)) * (255 - img)
 
 
 def apply_contrast(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Haze / faded paint: blend towards the mean colour (or a grey veil)."""
     k = rng.uniform(0, min(strength, 0.9))
     veil = img.reshape(-1, 3).mean(axis=0) if rng.random() < 0.6 else np.float32(rng.uniform(100, 230))
-    return img * (1 - k) + veil * k
+    veil = veil * k
+    return img * (1 - k) + (per_column(veil, img.shape[1]) if veil.ndim else veil)
 
 
 _CHANNELS = np.arange(3)[:, None]
@@ -384,7 +413,7 @@ def apply_cast_shadow(img: np.ndarray, rng: np.random.Generator, strength: float
     d = ((np.arange(w, dtype=np.float32)[None, :] - cx) * np.float32(math.cos(angle))
          + (np.arange(h, dtype=np.float32)[:, None] - cy) * np.float32(math.sin(angle)))  # (h, w) signed distance
     shade = np.float32(dark) / (1 + np.exp(np.clip(-d / np.float32(width), -30, 30)))
-    return img * (1 - shade)[:, :, None]
+    return img * per_pixel(1 - shade)
 
 
 def draw_occlusion(img: np.ndarray, rng: np.random.Generator, strength: float, grey_p: float) -> np.ndarray:
@@ -401,8 +430,8 @@ def draw_occlusion(img: np.ndarray, rng: np.random.Generator, strength: float, g
         else:
             x0, x1 = rng.uniform(0, w, 2)
             draw.line((x0, 0, x1, h), fill=255, width=width)
-    a = np.asarray(mask, np.float32)[:, :, None] / 255.0
-    return img * (1 - a) + colour * a
+    a = per_pixel(np.asarray(mask, np.float32) / 255.0)
+    return img * (1 - a) + per_column(colour, w) * a
 
 
 def apply_blur(img: Image.Image, rng: np.random.Generator, strength: float, height: int) -> Image.Image:
@@ -454,17 +483,17 @@ def apply_noise(img: np.ndarray, rng: np.random.Generator, strength: float) -> n
     n = field[y0:y0 + h, x0:x0 + w, :3 if colour else 1]
     if n.shape[:2] != (h, w):  # an image larger than the field: tile it
         n = np.tile(n, (-(-h // n.shape[0]), -(-w // n.shape[1]), 1))[:h, :w]
-    return np.clip(img + n * np.float32(sigma / 32.0), 0, 255).astype(np.uint8)
+    noise = n * np.float32(sigma / 32.0) if colour else per_pixel(n[:, :, 0] * np.float32(sigma / 32.0))
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
 def apply_jpeg(img: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
     quality = int(round(95 - rng.uniform(0, 1) * min(strength, 1.0) * 90))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=max(5, quality))
-    buf.seek(0)
-    out = Image.open(buf, formats=("JPEG",))  # no format probing
-    out.load()
-    return out if out.mode == "RGB" else out.convert("RGB")
+    # Decoded straight into an RGB image of the known size: Image.open's marker parsing and load() cost more
+    # than the decoding itself (the pixels are the same).
+    return Image.frombytes("RGB", img.size, buf.getbuffer(), "jpeg", "RGB", "")
 
 
 def active(effect: Effect, rng: np.random.Generator) -> bool:

@@ -36,11 +36,16 @@ def _scale(sx: float, sy: float) -> np.ndarray:
     return np.array([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], np.float64)
 
 
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """(N, 2) points through a 3x3 homography."""
-    x, y = pts[:, 0], pts[:, 1]
-    w = m[2, 0] * x + m[2, 1] * y + m[2, 2]
-    return np.stack([(m[0, 0] * x + m[0, 1] * y + m[0, 2]) / w, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / w], 1)
+def _bounds(m: np.ndarray, pts: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1): the bounding box of (N, 2) points through a 3x3 homography, computed on Python
+    floats (the same values as in NumPy: four points cost more in NumPy calls than in arithmetic)."""
+    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
+    xs, ys = [], []
+    for x, y in pts.tolist():
+        w = g * x + h * y + i
+        xs.append((a * x + b * y + c) / w)
+        ys.append((d * x + e * y + f) / w)
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _inverse_coeffs(m: np.ndarray) -> tuple[float, ...]:
@@ -315,9 +320,7 @@ class Renderer:
         if turn:
             t = math.radians(-turn)  # y points down: a negative angle turns counter-clockwise on screen
             g = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]]) @ g
-        corners = _apply(g, box)
-        bx0, by0 = corners.min(axis=0)
-        bx1, by1 = corners.max(axis=0)
+        bx0, by0, bx1, by1 = _bounds(g, box)
         # Padding is relative to the letter height, not to a rotated or curved box.
         ref = min(ink_w if vertical else ink_h, by1 - by0, 0.8 * size)
         c = cfg.crop
@@ -465,16 +468,18 @@ def _emboss(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, depth: 
     pad = np.pad(a, d)
     h, w = a.shape
     shifted = pad[d + dy:d + dy + h, d + dx:d + dx + w]
-    light = np.clip(a - shifted, 0, 1)[:, :, None]  # edges facing the light
-    shade = np.clip(shifted - a, 0, 1)[:, :, None]
+    light = np.clip(a - shifted, 0, 1)  # edges facing the light
+    shade = np.clip(shifted - a, 0, 1)
     amount = np.float32(rng.uniform(0.4, 0.8))
-    img += light * amount * (255 - img)
-    img -= shade * amount * img
+    img += fx.per_pixel(light * amount) * (255 - img)
+    img -= fx.per_pixel(shade * amount) * img
 
 
 def _over(img: np.ndarray, mask: np.ndarray, colour, opacity: float = 1.0) -> None:
     """In place: img = img * (1 - a) + colour * a, with a = mask / 255 * opacity."""
-    a = mask.astype(np.float32)[:, :, None] * (opacity / 255.0)
+    a = fx.per_pixel(mask.astype(np.float32) * (opacity / 255.0))
+    if np.ndim(colour) == 1:  # one colour (else a gradient, already an image-like operand)
+        colour = fx.per_column(colour, img.shape[1])
     img += a * (colour - img)
 
 
