@@ -368,12 +368,13 @@ class Renderer:
             (fx0, fy0), (fx1, fy1) = box[0], box[2]
             ImageDraw.Draw(frame).rectangle((fx0 - pad, fy0 - pad, fx1 + pad, fy1 + pad), outline=255, width=width)
             masks.append(np.asarray(frame))
-        # One warp for all masks: up to four packed as the bands of one image.
+        # One warp for all masks: up to four packed as the bands of one image. "RGBX", not "RGBA": Pillow
+        # premultiplies RGBA by its fourth band while resampling, which zeroed outlines and shadows outside it.
         if len(masks) == 1:
             canvas = Image.fromarray(alpha, "L")
         else:
             masks += [alpha] * (4 - len(masks))
-            canvas = Image.fromarray(np.dstack(masks), "RGBA")
+            canvas = Image.frombuffer("RGBX", (cw, ch), np.ascontiguousarray(np.dstack(masks)), "raw", "RGBX", 0, 1)
         scale = min(sx, sy)
         k = int(1 / scale) if scale < 0.55 else 1  # shrink big canvases first (box filter): no aliasing
         if k > 1:
