@@ -363,6 +363,23 @@ def test_attention_of_a_keep_aspect_model_covers_only_the_image(tiny_weights):
     np.testing.assert_allclose(x["attention"]["maps"], rec.read(short).attention, atol=1e-3)
 
 
+def test_a_word_on_its_side_is_read_turned_and_says_so(tiny_weights):
+    """orientation tall (the default of weights trained with the tall rule): the reading says it was turned, and
+    a keep-aspect model's valid_fraction is the turned image's."""
+    from masterocr.data.image import rotate_image
+
+    rec = masterocr.load(tiny_weights, keep_aspect=True, orientation="tall")
+    app = create_app(ServeConfig(model_name="tiny"), recognizer=rec)
+    sideways = rotate_image(render_word("sun"), 270)  # turned clockwise: reads top to bottom
+    with TestClient(app) as c:
+        x = c.post("/v1/read?attention=true", files=files(("sun.png", png(sideways)))).json()["results"][0]
+        upright = c.post("/v1/read", files=files(("sun.png", WORD_PNGS["sun"]))).json()["results"][0]
+    assert (x["text"], x["orientation"]) == ("sun", 90) and upright["orientation"] == 0
+    turned = rotate_image(sideways, 90)
+    expected = min(64, round(turned.width * 32 / turned.height)) / 64
+    assert x["attention"]["valid_fraction"] == pytest.approx(expected)
+
+
 def test_the_server_is_built_on_the_recognizer_contract_not_on_torch():
     import subprocess
     import sys

@@ -193,7 +193,8 @@ class Service:
                     "orientation": int(result.orientation)}
             if attention:
                 item["attention"] = None if result.attention is None else {
-                    "valid_fraction": self.valid_fraction(size),
+                    "valid_fraction": self.valid_fraction(  # of the turn that was read
+                        size[::-1] if size is not None and result.orientation % 180 else size),
                     "maps": np.round(np.asarray(result.attention, dtype=np.float64), 4).tolist()}  # (chars, Hf, Wf)
             out.append(item)
         return out

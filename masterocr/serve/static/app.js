@@ -99,7 +99,16 @@ function drawHeat(card, k) {
   ctx.imageSmoothingEnabled = true;
   ctx.imageSmoothingQuality = "high";
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  ctx.drawImage(small, 0, 0, validCols, rows, 0, 0, canvas.width, canvas.height);
+  // The map belongs to the turn that was read: turn it back (clockwise) over the image as displayed.
+  const turn = card.orientation || 0;
+  const sideways = turn % 180 !== 0;
+  const w = sideways ? canvas.height : canvas.width;
+  const h = sideways ? canvas.width : canvas.height;
+  ctx.save();
+  ctx.translate(canvas.width / 2, canvas.height / 2);
+  ctx.rotate((turn * Math.PI) / 180);
+  ctx.drawImage(small, 0, 0, validCols, rows, -w / 2, -h / 2, w, h);
+  ctx.restore();
   canvas.dataset.char = String(k);
   canvas.hidden = false;
 }
@@ -146,6 +155,7 @@ function showResult(card, result) {
     return;
   }
   card.attention = result.attention || null;
+  card.orientation = result.orientation || 0;  // degrees the image was turned (counter-clockwise) to be read
   card.dataset.text = result.text;
   const text = card.querySelector(".text");
   text.className = "text";
