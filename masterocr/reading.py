@@ -188,9 +188,10 @@ class RecognizerBase:
     @property
     def orientation(self) -> str:
         """"upright": read images as they are; "tall": read crops at least `tall_ratio` (1.0) times taller
-        than wide both turned a quarter and as they are, and keep the more confident reading (a model trained with
-        data.tall_turn reads words turned either way; wide crops cost one reading); "auto": read each in its four turns (0/90/180/270) and keep the
-        most confident reading (4x the model work), for text of unknown orientation."""
+        than wide both turned a quarter and as they are, and keep the more confident reading (a model trained
+        with data.tall_turn reads words turned either way; wide crops cost one reading); "auto": read each in its
+        four turns (0/90/180/270) and keep the most confident reading (4x the model work), for text of unknown
+        orientation."""
         return self._orientation
 
     @orientation.setter
@@ -243,7 +244,8 @@ class RecognizerBase:
     # ---- reading ----
 
     def preprocess(self, source: ImageSource) -> Any:
-        """One image -> (C, H, W), or (4, C, H, W) with orientation "auto". Raises ImageError naming the
+        """One image -> (C, H, W), or (4, C, H, W) with orientation "auto", or (2, C, H, W) for a tall crop with
+        orientation "tall". Raises ImageError naming the
         input."""
         return self._from_array(prepare(self._input.array, source))
 

@@ -11,7 +11,8 @@
 # tree for the call (and back after); master-small's weights (28 MB) fit beside the payload (~35 MB).
 # Overrides go before --finetune in EXTRA (the overrides are one positional list).
 # Environment: BUDGET (training seconds, default 400), CONFIG (default bundled-parseq-gpu), EXTRA (overrides),
-# EVALS (`eval` arguments for best and final, sets separated by ";"), OUT (results), DRY=1 (this machine: no payload unpacking, CPU, the overrides in EXTRA).
+# EVALS (`eval` arguments for best and final, sets separated by ";"), OUT (results), DRY=1 (this machine: no
+# payload unpacking, CPU, the overrides in EXTRA).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"

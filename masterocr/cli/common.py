@@ -107,7 +107,8 @@ __all__ = ["by_reason", "error", "json_line", "non_negative_int", "positive_int"
 def add_orientation_argument(p, extra: str = "") -> None:
     """read/eval's --orientation: one definition of the modes (reading.ORIENTATIONS)."""
     p.add_argument("--orientation", default=None, choices=["upright", "tall", "auto"],
-                   help="tall: read crops taller than wide both as they are and turned 90 degrees, keeping the more "
-                        "confident reading (for a model trained with turned words); auto: read each image in its four turns (0/90/180/270) "
-                        f"and keep the most confident reading (4x the model work{extra}); default: the mode the "
-                        "model was trained for (tall for the bundled master-small, else upright)")
+                   help="tall: read crops taller than wide both as they are and turned 90 degrees, keeping the "
+                        "more confident reading (for a model trained with turned words); auto: read each image in "
+                        "its four turns (0/90/180/270) and keep the most confident reading (4x the model work"
+                        f"{extra}); default: the mode the model was trained for (tall for the bundled master-small, "
+                        "else upright)")

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from masterocr.cli.common import add_orientation_argument, by_reason, json_line, non_negative_int, positive_int, shown, tsv_field
+from masterocr.cli.common import (add_orientation_argument, by_reason, json_line, non_negative_int, positive_int,
+                                  shown, tsv_field)
 
 BACKENDS = ("auto", "torch", "onnx")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
