@@ -24,6 +24,25 @@ from masterocr.evaluation import apply_protocol, open_benchmarks  # noqa: E402
 from masterocr.reading import ReadResult, most_confident_turns  # noqa: E402
 
 
+def add_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and the (selection) set an orientation benchmark reads, and its threads."""
+    parser.add_argument("--model", default="master-small")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/SVT/train"))
+    parser.add_argument("--holdout", type=float, help="only this held-out fraction of the set (seed 0)")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def recognizer_and_set(args: argparse.Namespace, orientation: str):
+    """(the recognizer reading in `orientation`, open_benchmarks' rows of --data) for add_set_arguments' args."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import masterocr
+
+    holdout = (args.holdout, 0, None) if args.holdout else None
+    return masterocr.load(args.model, orientation=orientation), open_benchmarks(args.data, holdout=holdout)
+
+
 def readings_per_turn(rec, images, batch: int = 64) -> list[list[ReadResult]]:
     """Per image, its readings in the four turns (ROTATIONS order)."""
     out = []
@@ -37,21 +56,10 @@ def readings_per_turn(rec, images, batch: int = 64) -> list[list[ReadResult]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="master-small")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/SVT/train"))
+    add_set_arguments(parser)
     parser.add_argument("--margins", nargs="+", type=float, default=[0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
-    parser.add_argument("--holdout", type=float, help="only this held-out fraction of the set (seed 0)")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import masterocr
-
-    rec = masterocr.load(args.model, orientation="auto")
-    holdout = (args.holdout, 0, None) if args.holdout else None
-    (name, dataset), = open_benchmarks(args.data, holdout=holdout)
+    rec, ((name, dataset),) = recognizer_and_set(args, "auto")
     images, labels = [], []
     for i in range(len(dataset)):
         item = dataset[i]

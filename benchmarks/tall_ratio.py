@@ -18,26 +18,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from masterocr.data.image import ROTATIONS  # noqa: E402
-from masterocr.evaluation import evaluate, open_benchmarks  # noqa: E402
+from masterocr.evaluation import evaluate  # noqa: E402
+from orientation_margin import add_set_arguments, recognizer_and_set  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="master-small")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/SVT/train"))
+    add_set_arguments(parser)
     parser.add_argument("--ratios", nargs="+", type=float, default=[1.5, 1.25, 1.0])
-    parser.add_argument("--holdout", type=float, help="only this held-out fraction of the set (seed 0)")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import masterocr
-
-    rec = masterocr.load(args.model, orientation="tall")
-    holdout = (args.holdout, 0, None) if args.holdout else None
-    benchmarks = open_benchmarks(args.data, holdout=holdout)
+    rec, benchmarks = recognizer_and_set(args, "tall")
     print(f"{args.model} on {args.data}, orientation tall, protocol 36\n")
     print("| ratio | " + " | ".join(f"{d}°" for d in ROTATIONS) + " | pooled |")
     print("|---:|" + "---:|" * (len(ROTATIONS) + 1))

@@ -245,17 +245,17 @@ class RecognizerBase:
 
     def preprocess(self, source: ImageSource) -> Any:
         """One image -> (C, H, W), or (4, C, H, W) with orientation "auto", or (2, C, H, W) for a tall crop with
-        orientation "tall". Raises ImageError naming the
-        input."""
+        orientation "tall". Raises ImageError naming the input."""
         return self._from_array(prepare(self._input.array, source))
 
     def predict_batch(self, prepared: list[Any], need_attention: bool = True) -> list[ReadResult]:
         """Read a list of `preprocess` outputs as one batch (what a server gathering requests calls)."""
         if self.orientation == "tall":  # tall crops come as two views (turned, as is): one flat batch
-            counts = [int(p.shape[0]) if p.ndim == 4 else 1 for p in prepared]
-            flat = []
+            flat, counts = [], []
             for p in prepared:
-                flat.extend(p if p.ndim == 4 else [p])  # a (2, C, H, W) array iterates as its two views
+                views = p if p.ndim == 4 else p[None]  # (2, C, H, W) for a tall crop, else one view
+                flat.extend(views)
+                counts.append(len(views))
             readings = self.predict(self.collate(flat), need_attention)
             return more_confident_of_tall_views(readings, counts)
         return self.predict(self.collate(prepared), need_attention)  # (B, C, H, W) or (B, 4, C, H, W)

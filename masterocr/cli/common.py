@@ -105,7 +105,7 @@ __all__ = ["by_reason", "error", "json_line", "non_negative_int", "positive_int"
 
 
 def add_orientation_argument(p, extra: str = "") -> None:
-    """read/eval's --orientation: one definition of the modes (reading.ORIENTATIONS)."""
+    """read/eval's --orientation, defined once: reading.ORIENTATIONS spelled out, so that --help imports nothing."""
     p.add_argument("--orientation", default=None, choices=["upright", "tall", "auto"],
                    help="tall: read crops taller than wide both as they are and turned 90 degrees, keeping the "
                         "more confident reading (for a model trained with turned words); auto: read each image in "

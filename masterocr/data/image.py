@@ -304,8 +304,8 @@ class ImageTransform:
     """load -> (augment) -> resize -> normalise. One object, shared by training, evaluation and reading.
 
     keep_aspect, pad and width_step are resize()'s. tall_turn > 0 turns images at least that many times taller
-    than wide by 90 degrees (see turn_tall) before resizing. With width_step > 0 images come out with different widths;
-    `collate` pads a batch of them to its widest image the same way (so an image's own padding and the
+    than wide by 90 degrees (see turn_tall) before resizing. With width_step > 0 images come out with different
+    widths; `collate` pads a batch of them to its widest image the same way (so an image's own padding and the
     batch's padding agree).
     """
 

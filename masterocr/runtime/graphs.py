@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from masterocr.reading import ORIENTATIONS
 from masterocr.runtime.format import ATTENTION, ENTRY_ROLES, FORMAT, FORMAT_VERSION, GRAPH_FILES, IMAGES, LOGITS, \
     MAX_OPSET, METADATA_KEY, MIN_OPSET, OPTIONAL_ROLES, REQUIRED_BY_DECODING, REQUIRED_FIELDS, ROLES_BY_DECODING, \
     SHARED_FIELDS, TOKENS, step_io
@@ -136,10 +137,9 @@ def open_export(folder: str | os.PathLike, options: SessionOptions | None = None
     if decoding not in ROLES_BY_DECODING:
         raise ExportFolderError(f"{entry}: decoding {decoding!r} is not one this runtime replays "
                                 f"({', '.join(ROLES_BY_DECODING)}); a newer masterocr may read it")
-    from masterocr.reading import ORIENTATIONS
-
     if meta.get("orientation", "upright") not in ORIENTATIONS:
-        raise ExportFolderError(f"{entry}: metadata orientation {meta['orientation']!r} is not one of {ORIENTATIONS}")
+        raise ExportFolderError(f"{entry}: metadata orientation {meta['orientation']!r} is not one of "
+                                f"{ORIENTATIONS}")
     graphs = meta["graphs"]
     needed, optional = ROLES_BY_DECODING[decoding], OPTIONAL_ROLES.get(decoding, ())
     if not isinstance(graphs, dict) or not set(needed) <= set(graphs) <= set(needed) | set(optional):
