@@ -23,7 +23,10 @@ With `--weights parseq` (a bundled name or a .safetensors), both run trained wei
 through the inverse of our importer, checked by importing them back) on real crops (`--images`, default the
 first 64 of ../shared/data/IIIT5K/train, our pipeline's 32x128 tensors) and nothing is forced: every word ends
 where the model reads its EOS, the realistic case. `--onnx DIR` (an export of the same weights, `masterocr
-export parseq -o DIR`) adds our torch-free runtime on ONNX Runtime fp32 as a third column, same images.
+export parseq -o DIR`) adds our torch-free runtime on ONNX Runtime fp32 as a third column, same images, and
+`--checked` adds the runtime's bf16-checked reading (the encoder in bf16 through OpenVINO, every word with a
+close call read again in fp32), on every row: its tokens are compared with strhub's fp32 tokens (the bf16 row
+runs strhub once more in fp32, untimed, for that), its re-read share is given.
 """
 
 from __future__ import annotations
@@ -194,6 +197,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", type=int, help="row numbers to run (1-5; default all)")
     parser.add_argument("--weights", help="trained PARSeq-S weights (bundled name or file): real crops, no forcing")
     parser.add_argument("--onnx", metavar="DIR", help="with --weights: an export of them, timed on ONNX Runtime")
+    parser.add_argument("--checked", action="store_true", help="with --onnx: add the bf16-checked runtime")
     parser.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "shared/data/IIIT5K/train"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -239,8 +243,11 @@ def main() -> None:
         from masterocr.runtime.recognizer import OnnxRecognizer
 
         header += " ORT fp32 ms/batch | ORT / strhub | ORT same tokens |"
+        if args.checked:
+            header += " bf16-checked ms/batch | checked / strhub | same tokens as strhub fp32 | read again |"
     print(header)
-    print("|---|---:|---:|---:|---:|---:|---|" + ("---:|---:|---|" if args.onnx else ""))
+    print("|---|---:|---:|---:|---:|---:|---|" + ("---:|---:|---|" if args.onnx else "")
+          + ("---:|---:|---|---:|" if args.onnx and args.checked else ""))
     if not args.weights:
         torch.manual_seed(1)
         images = torch.rand(64, 3, 32, 128) * 2 - 1
@@ -265,6 +272,11 @@ def main() -> None:
             onnx = OnnxRecognizer(args.onnx, decode_method=method, refine_iters=refine, threads=args.threads)
             array = x.numpy()
             runners["onnx"] = lambda: torch.from_numpy(onnx.decode(array, need_attention=False)[0])
+        if args.onnx and args.checked:
+            checked = OnnxRecognizer(args.onnx, decode_method=method, refine_iters=refine, threads=args.threads,
+                                     precision="bf16-checked")
+            checked_array = x.numpy()
+            runners["checked"] = lambda: torch.from_numpy(checked.decode(checked_array, need_attention=False)[0])
         best = {name: float("inf") for name in runners}
         out = {name: fn() for name, fn in runners.items()}  # warm-up
         for _ in range(args.repeats):
@@ -286,6 +298,16 @@ def main() -> None:
             line += f" {1000 * r:.1f} | {s / r:.2f}x | {'yes' if same_ort else 'NO'} |"
         elif args.onnx:
             line += " | | |"
+        if "checked" in best:
+            c = best["checked"]
+            reference = out["strhub"]
+            if bf16:  # strhub's fp32 tokens: what the checked reading promises
+                theirs.decode_ar, theirs.refine_iters = method == "greedy", refine
+                with torch.no_grad():
+                    reference = theirs(tokenizer, x).argmax(-1)
+            same_c = until_eos(out["checked"], model.tokenizer.eos_id) == until_eos(reference, tokenizer.eos_id)
+            line += (f" {1000 * c:.1f} | {s / c:.2f}x | {'yes' if same_c else 'NO'} | "
+                     f"{100 * checked.rows_reread / max(checked.rows_read, 1):.1f}% |")
         print(line, flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f} (2 cores)")
 

@@ -11,7 +11,8 @@
                               compute, then EOS is forced at word lengths drawn from IIIT5K/train labels, as
                               benchmarks/decode.py does (PARSeq: greedy without its refinement pass, which the
                               forcing cannot steer; ViTSTR and CRNN cost the same for any word)
-Paths: torch fp32 and bf16 (autocast), ORT fp32, ORT int8 (`--int8`: calibrated convolutions and dynamic
+Paths: torch fp32 and bf16 (autocast), ORT fp32, OpenVINO bf16 and bf16-checked (when openvino is installed;
+bf16-checked only on trained weights, with its re-read share in the notes), ORT int8 (`--int8`: calibrated convolutions and dynamic
 MatMul/Gemm/LSTM) and, when calibration images are used, ORT int8 conv (`--int8-ops conv`: the convolutions only).
 Timed: preprocessed batches to texts (encoder, decoding, reading the texts out; no attention maps). Batch 1 is
 the mean over --batch1-images single images, a larger batch the mean over --images images in batches of that
@@ -31,6 +32,7 @@ int8 exports are calibrated on IIIT5K/train (256 images; without ../shared/data,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import random
 import shutil
@@ -56,17 +58,23 @@ EASYOCR = {1: 14.8, 32: 96.0}  # EasyOCR's english_g2 on this CPU (issue 16): ms
 
 # ---- inputs ---------------------------------------------------------------------------------------------
 
+CROPS = [TRAIN]  # where the timed crops come from (--crops)
+
+
 def real_arrays(rec, count: int, seed: int = 0) -> list[np.ndarray]:
-    """`count` IIIT5K/train crops (seeded choice) preprocessed by `rec`, or rendered words when the data is
-    absent."""
-    if (TRAIN / "labels.tsv").is_file():
-        lines = (TRAIN / "labels.tsv").read_text(encoding="utf-8").splitlines()
-        return [rec.preprocess(str(TRAIN / line.split("\t")[0])) for line in random.Random(seed).sample(lines, count)]
+    """`count` crops of --crops (default IIIT5K/train; seeded choice) preprocessed by `rec`, or rendered words
+    when the data is absent."""
+    folder = CROPS[0]
+    if (folder / "labels.tsv").is_file():
+        lines = (folder / "labels.tsv").read_text(encoding="utf-8").splitlines()
+        # Upright: the transform itself (rec.preprocess gives a tall crop's two views to a tall-reading model).
+        chosen = random.Random(seed).sample(lines, count)
+        return [rec.transform.array(str(folder / line.split("\t")[0])) for line in chosen]
     sys.path.insert(0, str(ROOT / "tests"))
     from wordimages import render_word
 
     words = ["open", "street", "cafe", "hotel", "exit", "bank", "london", "sale"]
-    return [rec.preprocess(render_word(words[i % len(words)])) for i in range(count)]
+    return [rec.transform.array(render_word(words[i % len(words)])) for i in range(count)]
 
 
 def workload(rec, batch: int, count: int, random_images: bool) -> list[np.ndarray]:
@@ -232,6 +240,11 @@ def table(args, tmp: str, calibration: list[str]) -> None:
     header = (f"{'model':<34}{'size':>9}{'batch':>6}{'path':>14}{'ms/img':>9}{'img/s':>8}{'x torch fp32':>14}"
               f"{'same tokens':>13}")
     rows, sizes, notes = [], [], []
+    bf16_available = importlib.util.find_spec("openvino") is not None and not args.no_bf16
+    if bf16_available:
+        from masterocr.runtime.openvino import cpu_has_bf16
+
+        print(f"OpenVINO {__import__('openvino').__version__}, bf16 units: {cpu_has_bf16()}")
     for name in args.models:
         m = prepare(name, tmp, calibration)
         sizes.append(m)
@@ -249,6 +262,13 @@ def table(args, tmp: str, calibration: list[str]) -> None:
                 "ort fp32": ort_reader(masterocr.load(m.fp32, threads=args.threads, **refine), forced_n),
                 "ort int8": ort_reader(masterocr.load(m.int8, threads=args.threads, **refine), forced_n),
             }
+            checked = None
+            if bf16_available:  # the encoder in bf16 through OpenVINO; checked: close calls read again in fp32
+                paths["ov bf16"] = ort_reader(masterocr.load(m.fp32, threads=args.threads, precision="bf16",
+                                                             **refine), forced_n)
+                if not forced:  # forced lengths make every gap meaningless
+                    checked = masterocr.load(m.fp32, threads=args.threads, precision="bf16-checked")
+                    paths["bf16-checked"] = ort_reader(checked, None)
             if m.int8conv:
                 paths["ort int8 conv"] = ort_reader(masterocr.load(m.int8conv, threads=args.threads, **refine),
                                                     forced_n)
@@ -260,6 +280,10 @@ def table(args, tmp: str, calibration: list[str]) -> None:
                 rows.append(f"{m.label:<34}{size:>9}{batch:>6}{path:>14}{1000 * seconds / n:>9.1f}"
                             f"{n / seconds:>8.1f}{best['torch fp32'] / seconds:>13.2f}x{same:>8}/{n:<4}")
                 print(rows[-1], file=sys.stderr, flush=True)
+                if path == "bf16-checked":
+                    notes.append(f"  {m.label} batch {batch}: bf16-checked read "
+                                 f"{100 * checked.rows_reread / max(checked.rows_read, 1):.1f}% of the words again "
+                                 f"in fp32 (margin {checked.check_margin})")
                 if "easyocr" in m.label and batch in EASYOCR:
                     ratio = EASYOCR[1] / (1000 * seconds / n) if batch == 1 else (n / seconds) / EASYOCR[batch]
                     notes.append(f"  {m.label} {path} batch {batch}: {ratio:.2f}x EasyOCR's speed "
@@ -270,7 +294,7 @@ def table(args, tmp: str, calibration: list[str]) -> None:
     print("-" * len(header))
     print("\n".join(rows))
     if notes:
-        print("\n".join(["", "against EasyOCR's own figures:"] + notes))
+        print("\n".join(["", "notes:"] + notes))
     print("\nexport sizes:")
     for m in sizes:
         print(f"  {m.label:<34} fp32 {size_mb(m.fp32):<48} int8 {size_mb(m.int8)}"
@@ -435,11 +459,16 @@ def main() -> None:
     parser.add_argument("--batch1-images", type=int, default=8, help="single images timed at batch 1")
     parser.add_argument("--repeats", type=int, default=6, help="interleaved timed rounds at batch 1 (half above)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--crops", type=Path, default=TRAIN,
+                        help="labels.tsv folder the timed crops come from (default IIIT5K/train, which the bundled "
+                             "model trained on: its readings are surer there, and bf16-checked reads fewer again)")
+    parser.add_argument("--no-bf16", action="store_true", help="leave out the OpenVINO bf16 paths")
     parser.add_argument("--levers", action="store_true", help="time ONNX Runtime options on the bundled model")
     parser.add_argument("--exports", metavar="DIR", help="keep the exports here and reuse them in later runs")
     parser.add_argument("--calibration", default="auto",
                         help="int8 static convolutions calibrated on these images (auto: IIIT5K/train), or none")
     args = parser.parse_args()
+    CROPS[0] = args.crops
     torch.set_num_threads(args.threads)
     import platform
     import subprocess

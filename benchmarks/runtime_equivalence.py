@@ -3,8 +3,8 @@
 For every model given (default: the bundled master-small; any weights masterocr.load reads, e.g. EasyOCR's
 english_g2 imported with `masterocr import easyocr-g2`) and every image of the given sets (default:
 IIIT5K/test and SVT/test, measured only, nothing is chosen on them), one preprocessed batch goes through
-torch fp32 (masterocr.decoding, the Recognizer's path) and through the runtime (ORT fp32, and ORT int8 when
-given or made): a word agrees when its whole token sequence is identical (attention models: up to and
+torch fp32 (masterocr.decoding, the Recognizer's path) and through the runtime (ORT fp32, ORT int8 when
+given or made, and with --bf16 the OpenVINO bf16 and bf16-checked readings): a word agrees when its whole token sequence is identical (attention models: up to and
 including EOS; CTC: every frame's arg-max). Batches are formed as `masterocr eval` forms them (ordered by
 aspect ratio when the model keeps it, padded to the widest as the transform pads). Prints, per set, the
 agreement rate of ORT fp32 with torch fp32 (target >= 99.8%), the largest probability difference on agreeing
@@ -83,18 +83,23 @@ def measure(model: str, fp32_dir: str, int8_dir: str | None, args) -> None:
         runtimes["ort int8"] = masterocr.load(int8_dir, threads=args.threads)
         print(f"int8: {runtimes['ort int8'].metadata['quantization']['summary']} "
               f"({runtimes['ort int8'].metadata['quantization']['conv']})")
+    if args.bf16:
+        runtimes["bf16"] = masterocr.load(fp32_dir, threads=args.threads, precision="bf16")
+        runtimes["bf16-checked"] = masterocr.load(fp32_dir, threads=args.threads, precision="bf16-checked")
     pad = runtimes["ort fp32"].tokenizer.pad_id if hasattr(runtimes["ort fp32"].tokenizer, "pad_id") else 0
     protocol = get_protocol("36")
+    others = [k for k in runtimes if k != "ort fp32"]
     print(f"\nmodel {model} ({torch_rec.model_cfg.get('name')}), {args.threads} threads, load average "
           f"{os.getloadavg()[0]:.2f}")
     header = f"{'set':<10}{'words':>7}{'fp32 tokens agree':>19}{'max |dp|':>10}{'acc torch':>11}" + "".join(
-        f"{'acc ' + name:>14}" for name in runtimes) + (f"{'int8 agree':>12}" if int8_dir else "")
+        f"{'acc ' + name:>18}" for name in runtimes) + "".join(f"{name + ' agree':>20}" for name in others)
     print(header)
     print("-" * len(header))
-    totals = {"n": 0, "agree": 0, "agree8": 0, "torch": 0, **{k: 0 for k in runtimes}}
+    totals = {"n": 0, "torch": 0, **{k: 0 for k in runtimes}, **{"agree " + k: 0 for k in runtimes}}
     for name, dataset in open_benchmarks(args.data):
-        n = agree = agree8 = 0
+        n = 0
         correct = {"torch": 0, **{k: 0 for k in runtimes}}
+        agree = {k: 0 for k in runtimes}
         max_dp = 0.0
         start = time.time()
         for images, labels in batches(dataset, runtimes["ort fp32"], args.batch_size):
@@ -107,32 +112,34 @@ def measure(model: str, fp32_dir: str, int8_dir: str | None, args) -> None:
                 ids, probs, _, _ = rec.decode(images, need_attention=False)
                 texts[key] = [r.text for r in rec.predict(images, need_attention=False)]
                 same = [_same_row(ids[i], ref_ids[i], pad) for i in range(len(labels))]
+                agree[key] += sum(same)
                 if key == "ort fp32":
-                    agree += sum(same)
                     for i, s in enumerate(same):
                         if s:
                             t = min(probs.shape[1], ref_probs.shape[1])
                             max_dp = max(max_dp, float(np.abs(probs[i, :t] - ref_probs[i, :t]).max()))
-                else:
-                    agree8 += sum(same)
             for key, rows in texts.items():
                 correct[key] += sum(protocol(t) == gt for t, gt in zip(rows, labels))
             n += len(labels)
             if args.limit and n >= args.limit:
                 break
-        line = (f"{name:<10}{n:>7}{100 * agree / n:>18.2f}%{max_dp:>10.1e}{100 * correct['torch'] / n:>11.2f}"
-                + "".join(f"{100 * correct[k] / n:>14.2f}" for k in runtimes)
-                + (f"{100 * agree8 / n:>11.2f}%" if int8_dir else ""))
+        line = (f"{name:<10}{n:>7}{100 * agree['ort fp32'] / n:>18.2f}%{max_dp:>10.1e}"
+                f"{100 * correct['torch'] / n:>11.2f}" + "".join(f"{100 * correct[k] / n:>18.2f}" for k in runtimes)
+                + "".join(f"{100 * agree[k] / n:>19.2f}%" for k in others))
         print(line + f"   ({time.time() - start:.0f} s)", flush=True)
         totals["n"] += n
-        totals["agree"] += agree
-        totals["agree8"] += agree8
         for k in correct:
             totals[k] += correct[k]
+        for k in agree:
+            totals["agree " + k] += agree[k]
     n = totals["n"]
-    print(f"{'Combined':<10}{n:>7}{100 * totals['agree'] / n:>18.2f}%{'':>10}{100 * totals['torch'] / n:>11.2f}"
-          + "".join(f"{100 * totals[k] / n:>14.2f}" for k in runtimes)
-          + (f"{100 * totals['agree8'] / n:>11.2f}%" if int8_dir else ""))
+    print(f"{'Combined':<10}{n:>7}{100 * totals['agree ort fp32'] / n:>18.2f}%{'':>10}{100 * totals['torch'] / n:>11.2f}"
+          + "".join(f"{100 * totals[k] / n:>18.2f}" for k in runtimes)
+          + "".join(f"{100 * totals['agree ' + k] / n:>19.2f}%" for k in others))
+    if "bf16-checked" in runtimes:
+        checked = runtimes["bf16-checked"]
+        print(f"bf16-checked read {checked.rows_reread} of {checked.rows_read} words again in fp32 "
+              f"({100 * checked.rows_reread / max(checked.rows_read, 1):.1f}%, margin {checked.check_margin})")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
@@ -144,6 +151,8 @@ def main() -> None:
     parser.add_argument("--export", help="fp32 export folder of the (single) model (default: exported to a temp dir)")
     parser.add_argument("--int8-export", help="int8 export folder (default: quantized from the fp32 export)")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add the OpenVINO bf16 and bf16-checked readings (their token agreement with torch fp32)")
     parser.add_argument("--data", nargs="+", default=[str(DATA / "IIIT5K" / "test"), str(DATA / "SVT" / "test")])
     parser.add_argument("--calibration", default=str(DATA / "IIIT5K" / "train"),
                         help="training images for int8's static convolutions; 'none' leaves them fp32 (what "

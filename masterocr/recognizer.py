@@ -65,6 +65,9 @@ class Recognizer(RecognizerBase):
         if decode_method not in DECODE_METHODS:
             raise ValueError(f"decode method {decode_method!r}: choose one of {DECODE_METHODS}")
         check_decoding(model, decode_method, refine_iters)  # e.g. "nar" on a model without a parallel decoder
+        if precision == "bf16-checked":
+            raise ValueError("precision 'bf16-checked' runs on the ONNX runtime: load an export folder "
+                             "(masterocr export) or read with --backend onnx")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {sorted(_PRECISIONS)}")
         self.model = model  # decoding switches it to eval mode per call and restores the caller's mode

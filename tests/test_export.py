@@ -315,6 +315,10 @@ def test_runtime_never_imports_torch(export_dir, tmp_path):
 import masterocr
 rec = masterocr.load({str(export_dir)!r})
 print(",".join(r.text for r in rec.read({paths!r})))
+import importlib.util
+if importlib.util.find_spec("openvino"):  # the bf16 engine is torch-free too
+    rec = masterocr.load({str(export_dir)!r}, precision="bf16-checked", check_margin=1.0)
+print(",".join(r.text for r in rec.read({paths!r})))
 from masterocr.data.image import load_image, rotate_image
 turned = masterocr.load({str(export_dir)!r}, orientation="auto").read(rotate_image(load_image({paths[0]!r}), 90))
 print(turned.text, turned.orientation)
@@ -330,9 +334,9 @@ print("clean")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0] == ",".join(WORDS[:3])
-    assert lines[1] == f"{WORDS[0]} 270"  # orientation search, torch-free too
-    assert [json.loads(line)["text"] for line in lines[2:5]] == WORDS[:3]
+    assert lines[0] == lines[1] == ",".join(WORDS[:3])
+    assert lines[2] == f"{WORDS[0]} 270"  # orientation search, torch-free too
+    assert [json.loads(line)["text"] for line in lines[3:6]] == WORDS[:3]
     assert lines[-1] == "clean"
 
 
@@ -383,3 +387,52 @@ def test_wrong_metadata(broken):
     assert "encoder.onnx: not a masterocr export" in _load_error(broken)
     encoder.write_bytes(b"not a graph")
     assert "encoder.onnx: ONNX Runtime cannot load this graph" in _load_error(broken)
+
+
+# ---- bf16 through OpenVINO, and bf16-checked -------------------------------------------------------------
+
+def test_bf16_checked_reads_fp32s_words(export_dir, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    import masterocr
+
+    words = WORDS + OTHER_WORDS
+    sources = [render_word(w) for w in words]
+    want = [r.text for r in masterocr.load(export_dir).read(sources)]
+    fast = masterocr.load(export_dir, precision="bf16")
+    assert "bf16" in repr(fast) and [r.text for r in fast.read(sources)][: len(WORDS)] == WORDS
+    checked = masterocr.load(export_dir, precision="bf16-checked", check_margin=1.0)
+    assert [r.text for r in checked.read(sources)] == want
+    assert checked.rows_read >= len(words) and checked.rows_reread > 0
+    paths = []
+    for i, image in enumerate(sources[:3]):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    capsys.readouterr()
+    assert _cli("read", *paths, "--model", export_dir, "--precision", "bf16-checked") == 0
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == words[:3]
+
+
+def test_bf16_refusals(export_dir, int8_dir, tiny_weights, monkeypatch, tmp_path, capsys):
+    import masterocr
+
+    pytest.importorskip("openvino")
+    with pytest.raises(ValueError, match="reads an fp32 export; this one holds int8"):
+        masterocr.load(int8_dir, precision="bf16")
+    with pytest.raises(ValueError, match="beam search ranks whole hypotheses"):
+        masterocr.load(export_dir, precision="bf16-checked", decode_method="beam")
+    with pytest.raises(ValueError, match="check_margin 1.5"):
+        masterocr.load(export_dir, precision="bf16-checked", check_margin=1.5)
+    with pytest.raises(ValueError, match="precision 'fp16': choose one of"):
+        masterocr.load(export_dir, precision="fp16")
+    with pytest.raises(ValueError, match="runs on the ONNX runtime"):
+        masterocr.load(tiny_weights, precision="bf16-checked")
+    render_word(WORDS[0]).save(tmp_path / "word.png")
+    assert _cli("read", tmp_path / "word.png", "--model", tiny_weights, "--backend", "torch",
+                "--precision", "bf16-checked") == 2
+    assert "runs on the onnx backend, not torch" in capsys.readouterr().err
+    import masterocr.runtime.openvino as engine
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    monkeypatch.setattr(engine, "_CORE", [])
+    with pytest.raises(ImportError, match="needs OpenVINO: pip install openvino"):
+        masterocr.load(export_dir, precision="bf16")

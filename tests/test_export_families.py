@@ -366,3 +366,39 @@ print(json.dumps(out))
         want = family.torch_rec(**options).read(paths)
         assert [t for t, _ in got[name]] == [r.text for r in want]
         assert [c for _, c in got[name]] == pytest.approx([r.confidence for r in want], abs=1e-4)
+
+
+# ---- bf16 through OpenVINO, and the fp32 re-read of close calls ----------------------------------------------
+
+@pytest.mark.parametrize("family,method,refine", [c for c in CASES if c[1] != "beam"], indirect=["family"])
+def test_bf16_checked_takes_fp32_rows_exactly_where_a_call_was_close(family, method, refine):
+    pytest.importorskip("openvino")
+    from masterocr.runtime import decoding
+
+    fp32 = family.onnx_rec(decode_method=method, refine_iters=refine)
+    images = fp32.collate([fp32.preprocess(render_word(w)) for w in WORDS + OTHER_WORDS])
+    want = fp32.decode(images)
+    bf16 = family.onnx_rec(decode_method=method, refine_iters=refine, precision="bf16")
+    fast = bf16.decode(images)
+    margins = bf16._decode_with(bf16.bf16_graph, images, True)[-1]
+    if method == "greedy" and refine == 0 or DECODING[family.name] != "autoregressive":  # one pass: its gaps
+        eos = None if DECODING[family.name] == "ctc" else bf16.spec.eos
+        np.testing.assert_allclose(margins, decoding.decision_margins(fast[0], fast[1], eos), atol=1e-6)
+    cut = float(np.median(margins)) + 1e-6  # about half the rows go back to fp32
+    checked = family.onnx_rec(decode_method=method, refine_iters=refine, precision="bf16-checked",
+                              check_margin=min(cut, 1.0))
+    got = checked.decode(images)
+    redo = margins < checked.check_margin
+    assert 0 < redo.sum() < len(redo) or len(set(margins)) == 1
+    assert (checked.rows_read, checked.rows_reread) == (len(images), int(redo.sum()))
+    for i in range(len(images)):
+        source = want if redo[i] else fast
+        n = min(got[0].shape[1], source[0].shape[1])
+        np.testing.assert_array_equal(got[0][i, :n], source[0][i, :n])
+        np.testing.assert_allclose(got[2][i, :n], source[2][i, :n], atol=1e-6)
+    everything = family.onnx_rec(decode_method=method, refine_iters=refine, precision="bf16-checked",
+                                 check_margin=1.0)
+    everything.check_margin = np.inf  # every row back to fp32: fp32's arrays
+    got = everything.decode(images)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)

@@ -63,6 +63,7 @@ def test_health_models_page_and_docs(client):
     model = client.get("/v1/models").json()["models"][0]
     assert model["name"] == "tiny" and model["backend"] == "torch" and model["ready"] is True
     assert model["img_size"] == [32, 64] and model["keep_aspect"] is False and model["charset_size"] == 36
+    assert model["precision"] == "fp32"
     assert model["max_files"] == 4 and model["max_upload_bytes"] == 2**19
     assert set(model["batching"]) == {"batches", "images", "largest"}
     page = client.get("/")

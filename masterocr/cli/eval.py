@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rec = load_recognizer(args.model, args.backend, device=args.device, decode_method=args.decode,
                           beam_width=args.beam_width, batch_size=args.batch_size, refine_iters=args.refine,
-                          orientation=args.orientation)
+                          orientation=args.orientation, precision=args.precision)
     results = []
     any_failed = bool(unusable)
     for rotation in dict.fromkeys(args.rotation):

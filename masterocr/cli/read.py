@@ -44,10 +44,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+PRECISIONS = ("fp32", "bf16", "bf16-checked")
+
+
 def add_backend_argument(p) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto (default): an export folder runs on ONNX Runtime, weights on torch; onnx: weights "
                         "are exported to a temporary folder first; torch: weights only")
+    add_precision_argument(p)
+
+
+def add_precision_argument(p) -> None:
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="default: the model's own (fp32, or int8 for an int8 export). bf16: torch autocast, or on "
+                        "the onnx backend the encoder in bf16 through OpenVINO (pip install openvino); "
+                        "bf16-checked (onnx backend): bf16, and every image with a close call at some position "
+                        "read again in fp32, so the tokens stay fp32's")
 
 
 def load_recognizer(model: str | None, backend: str = "auto", **options):
@@ -60,6 +72,12 @@ def load_recognizer(model: str | None, backend: str = "auto", **options):
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "torch" and is_export_folder(model):
         raise ValueError(f"{model}: an export folder runs on the onnx backend (ONNX Runtime), not torch")
+    if options.get("precision") is None:
+        options.pop("precision", None)  # the model's own
+    elif options["precision"] == "bf16-checked" and not (backend == "onnx" or is_export_folder(model)):
+        if backend == "torch":
+            raise ValueError(f"precision {options['precision']!r} runs on the onnx backend, not torch")
+        backend = "onnx"  # auto: weights are exported first
     if backend == "onnx" and not is_export_folder(model):
         import atexit
         import shutil
@@ -127,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"masterocr read: {message}", file=sys.stderr)
     reasons = ["no such file"] * len(failed)  # why each failed input failed, for the closing summary
     rec = load_recognizer(args.model, args.backend, device=args.device, decode_method=args.decode,
-                          beam_width=args.beam_width, refine_iters=args.refine, orientation=args.orientation)
+                          beam_width=args.beam_width, refine_iters=args.refine, orientation=args.orientation,
+                          precision=args.precision)
     out_dir = Path(args.attention) if args.attention else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from masterocr.cli.common import non_negative_int, positive_int
+from masterocr.cli.read import add_precision_argument
 
 
 def register(subparsers) -> None:
@@ -20,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="bundled model name, .safetensors or .ckpt (default: the bundled model)")
     p.add_argument("--backend", default="torch", choices=sorted(BACKENDS), help="inference backend (default: torch)")
+    add_precision_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=non_negative_int, default=8000)
     p.add_argument("--max-batch", type=positive_int, default=64, metavar="N", help="images per model call (default: 64)")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(config, loader=lambda: load_recognizer(args.model, args.backend),
+    app = create_app(config, loader=lambda: load_recognizer(args.model, args.backend, precision=args.precision),
                      on_load_error=stop_on_load_error)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5))

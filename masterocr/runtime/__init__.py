@@ -39,20 +39,19 @@ def providers_for(device: str) -> list[str]:
 def load(folder: str | os.PathLike, device: str = "cpu", decode_method: str | None = None,
          beam_width: int | None = None, keep_aspect: bool | None = None, batch_size: int = 32,
          width: int | None = None, threads: int | None = None, precision: str | None = None,
-         options: SessionOptions | None = None, refine_iters: int | None = None, orientation: str | None = None):
-    """An OnnxRecognizer for an export folder. `precision` is fixed by the export (fp32 or int8 graphs): a
-    different value is an error. See OnnxRecognizer for the other arguments."""
-    from masterocr.runtime.recognizer import OnnxRecognizer
+         options: SessionOptions | None = None, refine_iters: int | None = None, orientation: str | None = None,
+         check_margin: float | None = None):
+    """An OnnxRecognizer for an export folder. `precision`: None or the export's own (fp32 or int8 graphs);
+    an fp32 export also reads in "bf16" or "bf16-checked" (OpenVINO on the CPU; `check_margin` sets how close a
+    call sends an image back to fp32). See OnnxRecognizer for the other arguments."""
+    from masterocr.runtime.recognizer import DEFAULT_CHECK_MARGIN, OnnxRecognizer
 
     if options is None:
         options = SessionOptions(threads=threads, providers=providers_for(device))
-    rec = OnnxRecognizer(folder, decode_method=decode_method, beam_width=beam_width, keep_aspect=keep_aspect,
-                         batch_size=batch_size, width=width, options=options, refine_iters=refine_iters,
-                         orientation=orientation)
-    if precision is not None and precision != rec.metadata["precision"]:
-        raise ValueError(f"{folder}: precision {precision!r} cannot be chosen at load time: the export holds "
-                         f"{rec.metadata['precision']} graphs (re-export, e.g. with --int8)")
-    return rec
+    return OnnxRecognizer(folder, decode_method=decode_method, beam_width=beam_width, keep_aspect=keep_aspect,
+                          batch_size=batch_size, width=width, options=options, refine_iters=refine_iters,
+                          orientation=orientation, precision=precision,
+                          check_margin=DEFAULT_CHECK_MARGIN if check_margin is None else check_margin)
 
 
 __all__ = ["ExportFolderError", "SessionOptions", "is_export_folder", "load", "providers_for"]

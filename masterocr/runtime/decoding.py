@@ -154,6 +154,19 @@ def refine(run: Refine, memory: Sequence[np.ndarray], ids: np.ndarray, spec: ARS
     return ids[:, :length], probs[:, :length], (attention[:, :length] if need_attention else None)
 
 
+def decision_margins(ids: np.ndarray, probs: np.ndarray, eos: int | None) -> np.ndarray:
+    """Per row, the smallest gap between the two most likely classes over the positions whose choice shapes the
+    reading: up to and including the first EOS (later positions are never context nor output), or every frame
+    (CTC: eos None). (B,) float32; the bf16-checked reading re-reads in fp32 the rows whose gap is small."""
+    top2 = np.partition(probs, probs.shape[-1] - 2, axis=-1)[..., -2:]  # (B, T, 2)
+    gaps = top2[..., 1] - top2[..., 0]
+    if eos is not None:
+        is_eos = ids == eos
+        after = (np.cumsum(is_eos, 1) - is_eos) > 0
+        gaps = np.where(after, np.float32(np.inf), gaps)
+    return gaps.min(1) if gaps.shape[1] else np.full(len(gaps), np.inf, np.float32)
+
+
 def finish(ids: np.ndarray, probs: np.ndarray, attention: np.ndarray | None, spec: ARSpec,
            feature_size: tuple[int, int] | None):
     """Blank everything after each row's first EOS (ids -> PAD, probs and attention -> 0) and give the chosen
@@ -170,4 +183,4 @@ def finish(ids: np.ndarray, probs: np.ndarray, attention: np.ndarray | None, spe
 
 
 __all__ = ["METHODS", "ARSpec", "Step", "Refine", "softmax", "log_softmax", "greedy", "beam", "parallel", "refine",
-           "finish"]
+           "decision_margins", "finish"]

@@ -5,6 +5,11 @@ derive from reading.RecognizerBase (the same image pipeline from data/image.py, 
 the same read loop, so a bad input fails or is skipped exactly as there), the same tokenizer turning tokens into text, confidence and per-character
 probabilities, and the same (len(text), Hf, Wf) attention. Thread safe: ONNX Runtime sessions may be run from
 several threads at once and decoding keeps its state in local variables.
+
+Precisions of an fp32 export: "fp32" (ONNX Runtime), "bf16" (the encoder, or a single-graph model, compiled by
+OpenVINO in bf16; decoder steps stay fp32 on ONNX Runtime) and "bf16-checked": bf16, then every image whose
+reading had a close call (at some position the two likeliest classes lie within `check_margin` of each other) is
+read again in fp32, so the tokens are fp32's wherever bf16 rounding could have tipped a choice.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from masterocr.runtime.format import ATTENTION, IMAGES, LOGITS, POSITION, TOKENS
 from masterocr.runtime.graphs import ExportFolder, SessionOptions, open_export
 
 DECODE_METHODS = decoding.METHODS
+PRECISIONS = ("fp32", "int8", "bf16", "bf16-checked")
+DEFAULT_CHECK_MARGIN = 0.1  # chosen on training splits: benchmarks/check_margin.py
 
 
 class SessionStep:
@@ -65,10 +72,14 @@ class OnnxRecognizer(RecognizerBase):
     def __init__(self, folder: str | os.PathLike, decode_method: str | None = None, beam_width: int | None = None,
                  keep_aspect: bool | None = None, batch_size: int = 32, width: int | None = None,
                  threads: int | None = None, options: SessionOptions | None = None, refine_iters: int | None = None,
-                 orientation: str | None = None):
+                 orientation: str | None = None, precision: str | None = None,
+                 check_margin: float = DEFAULT_CHECK_MARGIN):
         options = options or SessionOptions(threads=threads)
         self.export: ExportFolder = open_export(folder, options)
         meta = self.metadata = self.export.metadata
+        self.precision = self._check_precision(precision, options, check_margin)
+        self.check_margin = float(check_margin)
+        self.rows_read = self.rows_reread = 0  # bf16-checked: images read, and read again in fp32
         self.kind = meta["decoding"]
         defaults = meta.get("decoding_defaults") or {}
         self.decode_method = decode_method or defaults.get("method", "greedy")
@@ -107,6 +118,31 @@ class OnnxRecognizer(RecognizerBase):
             self.model = sessions["model"]
             if self.kind == "parallel":
                 self.spec = self._spec(int(meta["num_classes"]), [])
+        self.bf16_graph = None  # the encoder's (or the single graph's) OpenVINO bf16 compilation
+        if self.precision.startswith("bf16"):
+            from masterocr.runtime.openvino import OpenVinoGraph
+
+            role = "encoder" if self.kind == "autoregressive" else "model"
+            self.bf16_graph = OpenVinoGraph(self.export.paths[role], "bf16", threads=options.threads)
+
+    def _check_precision(self, precision: str | None, options: SessionOptions, check_margin: float) -> str:
+        exported = str(self.metadata["precision"])
+        precision = precision or exported
+        folder = self.export.folder
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if precision.startswith("bf16"):
+            if exported != "fp32":
+                raise ValueError(f"{folder}: precision {precision!r} reads an fp32 export; this one holds "
+                                 f"{exported} graphs")
+            if any("CUDA" in str(p) for p in options.providers or []):
+                raise ValueError(f"precision {precision!r} runs on the CPU (OpenVINO); on a GPU read in fp32")
+            if not 0 <= float(check_margin) <= 1:
+                raise ValueError(f"check_margin {check_margin}: a probability gap between 0 and 1")
+        elif precision != exported:
+            raise ValueError(f"{folder}: precision {precision!r} cannot be chosen at load time: the export holds "
+                             f"{exported} graphs (re-export, e.g. with --int8)")
+        return precision
 
     def _spec(self, num_classes: int, state_shapes) -> decoding.ARSpec:
         tokens = self.metadata["tokens"]
@@ -125,6 +161,9 @@ class OnnxRecognizer(RecognizerBase):
         if self.kind == "parallel" and self.decode_method == "beam":
             raise ValueError(f"{name} reads every position at once; beam search needs an autoregressive decoder "
                              f"(use greedy or nar)")
+        if self.precision == "bf16-checked" and self.decode_method == "beam":
+            raise ValueError("precision 'bf16-checked' checks greedy and nar readings; beam search ranks whole "
+                             "hypotheses, which a per-position margin does not cover (use bf16 or fp32 with beam)")
         if self.decode_method == "nar" and self.kind == "autoregressive" and "refine" not in graphs:
             raise ValueError(f"{name} has no non-autoregressive decoder: decode method 'nar' is not available "
                              f"(use greedy or beam)")
@@ -143,15 +182,37 @@ class OnnxRecognizer(RecognizerBase):
         """Decode a preprocessed batch (B, C, H, W) float32 -> token ids (B, T) (PAD after each row's EOS),
         probabilities (B, T, C), the chosen tokens' probabilities (B, T) and attention (B, T, Hf, Wf) or None:
         the arrays masterocr.decoding's DecodeResult holds on the torch path. CTC: the frames' arg-max ids,
-        softmax and maximum (B, T frames), no attention."""
+        softmax and maximum (B, T frames), no attention. bf16-checked: rows with a close call are decoded again
+        in fp32 and take those results."""
         images = np.ascontiguousarray(images, np.float32)
+        fp32_graph = self.encoder if self.kind == "autoregressive" else self.model
+        if self.bf16_graph is None:
+            return self._decode_with(fp32_graph, images, need_attention)[:4]
+        if self.precision == "bf16-checked" and self.decode_method == "beam":
+            self._check_decoding(None)  # the method was changed after construction
+        *fast, margins = self._decode_with(self.bf16_graph, images, need_attention)
+        if self.precision != "bf16-checked":
+            return tuple(fast)
+        redo = np.flatnonzero(margins < self.check_margin)
+        self.rows_read += len(images)
+        self.rows_reread += len(redo)
+        if not len(redo):
+            return tuple(fast)
+        again = self._decode_with(fp32_graph, images[redo], need_attention)[:4]
+        return _replace_rows(fast, again, redo, self.spec.pad if self.spec else 0)
+
+    def _decode_with(self, graph, images: np.ndarray, need_attention: bool):
+        """decode() through `graph` (the encoder, or the whole model): ids, probs, chosen, attention and each
+        row's smallest decision margin over every pass (decoding.decision_margins)."""
         if self.kind == "ctc":
-            probs = decoding.softmax(self.model.run([LOGITS], {IMAGES: images})[0])  # (B, T, C)
-            return probs.argmax(-1), probs, probs.max(-1), None
+            probs = decoding.softmax(graph.run([LOGITS], {IMAGES: images})[0])  # (B, T, C)
+            ids = probs.argmax(-1)
+            return ids, probs, probs.max(-1), None, decoding.decision_margins(ids, probs, None)
         if self.kind == "parallel":
-            ids, probs, _ = decoding.parallel(self.model.run([LOGITS], {IMAGES: images})[0], None)
-            return decoding.finish(ids, probs, None, self.spec, None)
-        memory = self.encoder.run(self._memory_outputs, {IMAGES: images})
+            ids, probs, _ = decoding.parallel(graph.run([LOGITS], {IMAGES: images})[0], None)
+            margins = decoding.decision_margins(ids, probs, self.spec.eos)
+            return (*decoding.finish(ids, probs, None, self.spec, None), margins)
+        memory = graph.run(self._memory_outputs, {IMAGES: images})
         steps = self.spec.max_steps
         if self.decode_method == "nar":  # a cloze pass over an empty reading: every position at once
             empty = np.full((images.shape[0], steps), self.spec.pad, np.int64)
@@ -160,15 +221,17 @@ class OnnxRecognizer(RecognizerBase):
             ids, probs, attn = decoding.beam(self.step, memory, self.spec, steps, self.beam_width, need_attention)
         else:
             ids, probs, attn = decoding.greedy(self.step, memory, self.spec, steps, need_attention)
+        margins = decoding.decision_margins(ids, probs, self.spec.eos)
         for _ in range(self.refine_iters):
             ids, probs, attn = decoding.refine(self.refiner, memory, ids, self.spec, steps, need_attention)
+            margins = np.minimum(margins, decoding.decision_margins(ids, probs, self.spec.eos))
         if not need_attention:
             attn = None
         feature_size = None
         if attn is not None:  # (Hf, Wf): the width may differ from the model's
             hf = int(self.metadata["feature_height"])
             feature_size = (hf, attn.shape[-1] // hf)
-        return decoding.finish(ids, probs, attn, self.spec, feature_size)
+        return (*decoding.finish(ids, probs, attn, self.spec, feature_size), margins)
 
     def _predict(self, images: np.ndarray, need_attention: bool = True) -> list[ReadResult]:
         """Read a (B, C, H, W) float32 batch made by `self.transform` (RecognizerBase.predict checks the shape
@@ -186,6 +249,30 @@ class OnnxRecognizer(RecognizerBase):
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"OnnxRecognizer({m['model_name']}, {m['precision']}, img_size={self.img_size}, "
+        return (f"OnnxRecognizer({m['model_name']}, {self.precision}, img_size={self.img_size}, "
                 f"keep_aspect={self.keep_aspect}, charset={len(self.tokenizer.charset)} chars, "
                 f"folder={self.export.folder}, decode={self.decode_method}, orientation={self.orientation})")
+
+
+def _replace_rows(base: tuple, rows: tuple, index: np.ndarray, pad: int) -> tuple:
+    """decode() outputs `base` with the rows `index` replaced by `rows` (the same arrays for those rows); the
+    position axis grows to the longer of the two (ids padded with PAD, the rest with zeros)."""
+    length = max(base[0].shape[1], rows[0].shape[1])
+    out = []
+    for kind, a, b in zip(("ids", "probs", "chosen", "attention"), base, rows):
+        if a is None:
+            out.append(None)
+            continue
+        fill = pad if kind == "ids" else 0
+        a, b = (_pad_positions(x, length, fill) for x in (a, b))
+        a = a.copy()
+        a[index] = b
+        out.append(a)
+    return tuple(out)
+
+
+def _pad_positions(array: np.ndarray, length: int, fill) -> np.ndarray:
+    if array.shape[1] == length:
+        return array
+    shape = (array.shape[0], length - array.shape[1], *array.shape[2:])
+    return np.concatenate([array, np.full(shape, fill, array.dtype)], 1)

@@ -10,29 +10,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def _load_torch(model: str | None) -> Any:
+def _load_torch(model: str | None, precision: str | None = None) -> Any:
     from masterocr.recognizer import load
 
-    return load(model)
+    if precision == "bf16-checked":
+        raise ValueError("precision 'bf16-checked' runs on the onnx backend (an export folder), not torch")
+    return load(model, precision=precision or "fp32")
 
 
-def _load_onnx(model: str | None) -> Any:
+def _load_onnx(model: str | None, precision: str | None = None) -> Any:
     from masterocr.runtime import is_export_folder, load
 
     if not is_export_folder(model):
         raise ValueError(f"{model}: the onnx backend serves an export folder (write one with "
                          "`masterocr export MODEL -o DIR`)")
-    return load(model)
+    return load(model, precision=precision)
 
 
-BACKENDS: dict[str, Callable[[str | None], Any]] = {"torch": _load_torch, "onnx": _load_onnx}
+BACKENDS: dict[str, Callable[..., Any]] = {"torch": _load_torch, "onnx": _load_onnx}
 
 
-def load_recognizer(model: str | None, backend: str = "torch") -> Any:
-    """A recognizer for `model` (bundled name or path; None: the bundled default) on `backend`."""
+def load_recognizer(model: str | None, backend: str = "torch", precision: str | None = None) -> Any:
+    """A recognizer for `model` (bundled name or path; None: the bundled default) on `backend`; precision None:
+    the model's own."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[backend](model)
+    return BACKENDS[backend](model, precision)
 
 
 def describe(rec: Any, name: str, backend: str) -> dict:
@@ -47,6 +50,9 @@ def describe(rec: Any, name: str, backend: str) -> dict:
     charset = getattr(getattr(rec, "tokenizer", None), "charset", None)
     if charset is not None:
         info["charset_size"] = len(charset)
+    precision = getattr(rec, "precision", None)
+    if isinstance(precision, str):
+        info["precision"] = precision
     return info
 
 
