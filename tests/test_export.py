@@ -434,5 +434,8 @@ def test_bf16_refusals(export_dir, int8_dir, tiny_weights, monkeypatch, tmp_path
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
     monkeypatch.setattr(engine, "_CORE", [])
-    with pytest.raises(ImportError, match="needs OpenVINO: pip install openvino"):
+    with pytest.raises(ImportError, match="needs OpenVINO, which is not installed: pip install openvino"):
         masterocr.load(export_dir, precision="bf16")
+    capsys.readouterr()
+    assert _cli("read", tmp_path / "word.png", "--model", export_dir, "--precision", "bf16") == 2
+    assert "error: bf16 reading on the runtime needs OpenVINO" in capsys.readouterr().err

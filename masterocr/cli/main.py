@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         if not _third_party(e):
             raise
+        if "pip install" in str(e):  # masterocr's own message for an optional package
+            print(f"masterocr {command}: error: {e}", file=sys.stderr)
+            return 2
         print(f"masterocr {command}: error: this needs {e.name}, which is not installed (a runtime-only "
               f"installation reads export folders: masterocr read IMAGES --model DIR; `./setup.sh` or "
               f"`pip install masterocr` installs everything)", file=sys.stderr)

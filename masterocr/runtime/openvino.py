@@ -21,7 +21,8 @@ def _openvino():
     try:
         import openvino
     except ImportError:
-        raise ImportError(f"bf16 reading on the runtime needs OpenVINO: {INSTALL_HINT}") from None
+        raise ModuleNotFoundError(f"bf16 reading on the runtime needs OpenVINO, which is not installed: "
+                                  f"{INSTALL_HINT}", name="openvino") from None
     return openvino
 
 
