@@ -9,7 +9,8 @@ several threads at once and decoding keeps its state in local variables.
 Precisions of an fp32 export: "fp32" (ONNX Runtime), "bf16" (the encoder, or a single-graph model, compiled by
 OpenVINO in bf16; decoder steps stay fp32 on ONNX Runtime) and "bf16-checked": bf16, then every image whose
 reading had a close call (at some position the two likeliest classes lie within `check_margin` of each other) is
-read again in fp32, so the tokens are fp32's wherever bf16 rounding could have tipped a choice.
+read again in fp32: the tokens differ from fp32's only where rounding moved a gap by more than the margin (0 and
+3 of 3,647 test words for the bundled parseq and master-small; README).
 """
 
 from __future__ import annotations
