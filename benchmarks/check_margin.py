@@ -46,7 +46,7 @@ def margins_and_flips(folder: str, data: list[str], threads: int, batch_size: in
         count = 0
         for images, _ in batches(dataset, fp32, batch_size):
             want = fp32.decode(images, need_attention=False)[0]
-            ids, _, _, _, gaps = bf16._decode_with(bf16.bf16_graph, images, False)
+            ids, _, _, _, gaps = bf16._decode_with(bf16.bf16_graph, images, False, margins=True)
             margins.extend(gaps.tolist())
             flipped.extend(not _same_row(ids[i], want[i], pad) for i in range(len(images)))
             count += len(images)

@@ -380,7 +380,7 @@ def test_bf16_checked_takes_fp32_rows_exactly_where_a_call_was_close(family, met
     want = fp32.decode(images)
     bf16 = family.onnx_rec(decode_method=method, refine_iters=refine, precision="bf16")
     fast = bf16.decode(images)
-    margins = bf16._decode_with(bf16.bf16_graph, images, True)[-1]
+    margins = bf16._decode_with(bf16.bf16_graph, images, True, margins=True)[-1]
     if method == "greedy" and refine == 0 or DECODING[family.name] != "autoregressive":  # one pass: its gaps
         eos = None if DECODING[family.name] == "ctc" else bf16.spec.eos
         np.testing.assert_allclose(margins, decoding.decision_margins(fast[0], fast[1], eos), atol=1e-6)

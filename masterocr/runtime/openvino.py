@@ -45,19 +45,17 @@ def cpu_has_bf16() -> bool:
 
 
 class OpenVinoGraph:
-    """One exported graph compiled by OpenVINO for the CPU, called like an ONNX Runtime session:
+    """One exported graph compiled by OpenVINO for the CPU in bf16, called like an ONNX Runtime session:
     run(output_names, feeds) -> list of arrays. Thread safe: one infer request, used under a lock (OpenVINO's
     requests are not re-entrant; its own threads parallelise each call), and outputs are copied out of the
     request's buffers, which the next call overwrites."""
 
-    def __init__(self, path: str | Path, precision: str = "bf16", threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None):
         from masterocr.runtime.graphs import ExportFolderError
 
-        if precision not in ("bf16", "f32"):
-            raise ValueError(f"OpenVINO precision {precision!r}: bf16 or f32")
-        if precision == "bf16" and not cpu_has_bf16():
+        if not cpu_has_bf16():
             warnings.warn("this CPU has no bf16 units OpenVINO uses: the bf16 graph runs in fp32", stacklevel=3)
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = _core()
@@ -66,16 +64,14 @@ class OpenVinoGraph:
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with multi-line reports
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportFolderError(f"{path}: OpenVINO cannot compile this graph ({message})") from None
-        self.path, self.precision = Path(path), precision
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.ports = {o.get_any_name(): o for o in self.compiled.outputs}
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             results = self._request.infer(feeds)
-            by_name = {o.get_any_name(): results[o] for o in self.compiled.outputs}
-            return [np.array(by_name[name], copy=True) for name in (output_names or self.output_names)]
+            return [np.array(results[self.ports[name]], copy=True) for name in (output_names or self.ports)]
 
 
 __all__ = ["OpenVinoGraph", "cpu_has_bf16", "INSTALL_HINT"]

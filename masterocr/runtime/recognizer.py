@@ -124,7 +124,7 @@ class OnnxRecognizer(RecognizerBase):
             from masterocr.runtime.openvino import OpenVinoGraph
 
             role = "encoder" if self.kind == "autoregressive" else "model"
-            self.bf16_graph = OpenVinoGraph(self.export.paths[role], "bf16", threads=options.threads)
+            self.bf16_graph = OpenVinoGraph(self.export.paths[role], threads=options.threads)
 
     def _check_precision(self, precision: str | None, options: SessionOptions, check_margin: float) -> str:
         exported = str(self.metadata["precision"])
@@ -191,8 +191,9 @@ class OnnxRecognizer(RecognizerBase):
             return self._decode_with(fp32_graph, images, need_attention)[:4]
         if self.precision == "bf16-checked" and self.decode_method == "beam":
             self._check_decoding(None)  # the method was changed after construction
-        *fast, margins = self._decode_with(self.bf16_graph, images, need_attention)
-        if self.precision != "bf16-checked":
+        checked = self.precision == "bf16-checked"
+        *fast, margins = self._decode_with(self.bf16_graph, images, need_attention, margins=checked)
+        if not checked:
             return tuple(fast)
         redo = np.flatnonzero(margins < self.check_margin)
         self.rows_read += len(images)
@@ -202,17 +203,19 @@ class OnnxRecognizer(RecognizerBase):
         again = self._decode_with(fp32_graph, images[redo], need_attention)[:4]
         return _replace_rows(fast, again, redo, self.spec.pad if self.spec else 0)
 
-    def _decode_with(self, graph, images: np.ndarray, need_attention: bool):
-        """decode() through `graph` (the encoder, or the whole model): ids, probs, chosen, attention and each
-        row's smallest decision margin over every pass (decoding.decision_margins)."""
+    def _decode_with(self, graph, images: np.ndarray, need_attention: bool, margins: bool = False):
+        """decode() through `graph` (the encoder, or the whole model): ids, probs, chosen, attention and, when
+        `margins`, each row's smallest decision margin over every pass (decoding.decision_margins), else None."""
+        def gaps(ids, probs, eos):
+            return decoding.decision_margins(ids, probs, eos) if margins else None
+
         if self.kind == "ctc":
             probs = decoding.softmax(graph.run([LOGITS], {IMAGES: images})[0])  # (B, T, C)
             ids = probs.argmax(-1)
-            return ids, probs, probs.max(-1), None, decoding.decision_margins(ids, probs, None)
+            return ids, probs, probs.max(-1), None, gaps(ids, probs, None)
         if self.kind == "parallel":
             ids, probs, _ = decoding.parallel(graph.run([LOGITS], {IMAGES: images})[0], None)
-            margins = decoding.decision_margins(ids, probs, self.spec.eos)
-            return (*decoding.finish(ids, probs, None, self.spec, None), margins)
+            return (*decoding.finish(ids, probs, None, self.spec, None), gaps(ids, probs, self.spec.eos))
         memory = graph.run(self._memory_outputs, {IMAGES: images})
         steps = self.spec.max_steps
         if self.decode_method == "nar":  # a cloze pass over an empty reading: every position at once
@@ -222,17 +225,18 @@ class OnnxRecognizer(RecognizerBase):
             ids, probs, attn = decoding.beam(self.step, memory, self.spec, steps, self.beam_width, need_attention)
         else:
             ids, probs, attn = decoding.greedy(self.step, memory, self.spec, steps, need_attention)
-        margins = decoding.decision_margins(ids, probs, self.spec.eos)
+        smallest = gaps(ids, probs, self.spec.eos)
         for _ in range(self.refine_iters):
             ids, probs, attn = decoding.refine(self.refiner, memory, ids, self.spec, steps, need_attention)
-            margins = np.minimum(margins, decoding.decision_margins(ids, probs, self.spec.eos))
+            if margins:
+                smallest = np.minimum(smallest, gaps(ids, probs, self.spec.eos))
         if not need_attention:
             attn = None
         feature_size = None
         if attn is not None:  # (Hf, Wf): the width may differ from the model's
             hf = int(self.metadata["feature_height"])
             feature_size = (hf, attn.shape[-1] // hf)
-        return (*decoding.finish(ids, probs, attn, self.spec, feature_size), margins)
+        return (*decoding.finish(ids, probs, attn, self.spec, feature_size), smallest)
 
     def _predict(self, images: np.ndarray, need_attention: bool = True) -> list[ReadResult]:
         """Read a (B, C, H, W) float32 batch made by `self.transform` (RecognizerBase.predict checks the shape

@@ -13,8 +13,6 @@ from typing import Any, Callable
 def _load_torch(model: str | None, precision: str | None = None) -> Any:
     from masterocr.recognizer import load
 
-    if precision == "bf16-checked":
-        raise ValueError("precision 'bf16-checked' runs on the onnx backend (an export folder), not torch")
     return load(model, precision=precision or "fp32")
 
 
