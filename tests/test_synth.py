@@ -544,6 +544,27 @@ def test_image_shaped_operands_give_the_broadcast_results_bit_for_bit():
         assert np.array_equal(got, expected)
 
 
+
+def test_fast_paths_give_the_numpy_formulas_bit_for_bit():
+    """random_colour's grey in Python floats, the cached ramps and per_column's fill stand for NumPy formulas
+    (speed only): the same values, so rendered words are unchanged."""
+    from masterocr.data.synth import effects as fx
+
+    for seed in range(200):
+        got = fx.random_colour(sample_rng(seed, 1), grey_p=1.0)
+        rng = sample_rng(seed, 1)
+        rng.random()  # the grey-or-hue draw
+        v = rng.beta(0.6, 0.6)
+        expected = np.clip(v * 255 + rng.normal(0, 6, 3), 0, 255).astype(np.float32)
+        assert got.dtype == np.float32 and np.array_equal(got, expected)
+    for start, stop, n in ((-0.5, 0.5, 37), (-1, 1, 32), (0, 1, 1), (0, 1, 240)):
+        r = fx.ramp(start, stop, n)
+        assert np.array_equal(r, np.linspace(start, stop, n, dtype=np.float32)) and r.dtype == np.float32
+        assert not r.flags.writeable  # shared between samples
+    for colour in (np.array([1.5, 200.25, 3.0], np.float32), np.array([7.0, 8.0, 9.0])):
+        assert np.array_equal(fx.per_column(colour, 5), np.tile(colour, (5, 1)))
+        assert fx.per_column(colour, 5).dtype == colour.dtype
+
 def test_jpeg_degradation_decodes_as_image_open_does():
     from masterocr.data.synth.effects import apply_jpeg
 

@@ -15,7 +15,7 @@ import warnings
 from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -176,7 +176,9 @@ def load_image(source: ImageSource, grayscale: bool = False, name: str | None = 
                 raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels, "
                                  f"limit {MAX_PIXELS})", "too large")
             img.load()  # decode now so truncation is caught here, not later
-        img = ImageOps.exif_transpose(img) or img
+        # exif_transpose copies an image it leaves alone: ask first (the loader's hot path; same decision).
+        if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            img = ImageOps.exif_transpose(img) or img
         if img.width < 1 or img.height < 1:
             raise ImageError(f"{name}: image has zero size", "zero size")
         img = _to_rgb(img)

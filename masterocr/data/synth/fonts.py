@@ -319,6 +319,7 @@ class FontSet:
         self._glyphs: dict[tuple[int, int, str], tuple] = {}
         self._kerns: dict[tuple[int, int, str, str], float] = {}
         self._kerned: dict[tuple[int, int], bool] = {}
+        self._metrics: dict[tuple[int, int], tuple[int, int]] = {}
 
     @classmethod
     def build(cls, chars: str, paths: Iterable[str | os.PathLike] | None = None, min_coverage: float = 0.3,
@@ -362,7 +363,8 @@ class FontSet:
 
     def __getstate__(self):  # FreeType objects do not pickle; a worker rebuilds its caches lazily
         state = self.__dict__.copy()
-        state["_fonts"], state["_glyphs"], state["_kerns"], state["_kerned"] = {}, {}, {}, {}
+        for cache in ("_fonts", "_glyphs", "_kerns", "_kerned", "_metrics"):
+            state[cache] = {}
         return state
 
     def covering(self, text: str) -> np.ndarray:
@@ -443,11 +445,16 @@ class FontSet:
             for ch in chars:
                 if ch in info.coverage:
                     self.glyph(index, size, ch)
+            if (index, size) not in self._kerned:  # whether the font kerns (pairs are looked up as they come)
+                self._kerned[(index, size)] = self._probe_kerning(index, size)
         return len(self._glyphs)
 
     def metrics(self, index: int, size: int) -> tuple[int, int]:
         """(ascent, descent) in pixels."""
-        return self.font(index, size).getmetrics()
+        m = self._metrics.get((index, size))
+        if m is None:
+            m = self._metrics[(index, size)] = self.font(index, size).getmetrics()
+        return m
 
 
 def _group(path: str) -> str:

@@ -371,7 +371,7 @@ class Renderer:
         # One warp for all masks: up to four packed as the bands of one image. "RGBX", not "RGBA": Pillow
         # premultiplies RGBA by its fourth band while resampling, which zeroed outlines and shadows outside it.
         if len(masks) == 1:
-            canvas = Image.fromarray(alpha, "L")
+            canvas = Image.frombuffer("L", (cw, ch), alpha, "raw", "L", 0, 1)
         else:
             masks += [alpha] * (4 - len(masks))
             canvas = Image.frombuffer("RGBX", (cw, ch), np.ascontiguousarray(np.dstack(masks)), "raw", "RGBX", 0, 1)
@@ -429,9 +429,9 @@ class Renderer:
             if fx.active(eff.text_gradient, rng):
                 fg2 = fx.shifted_colour(rng, fg, 0.4 * eff.text_gradient.strength)
                 if rng.random() < 0.6:
-                    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+                    t = fx.ramp(0, 1, h)[:, None, None]
                 else:
-                    t = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
+                    t = fx.ramp(0, 1, w)[None, :, None]
                 colour = fg + t * (fg2 - fg)
             _over(img, text_mask, colour)
 
@@ -447,7 +447,7 @@ class Renderer:
         pixels = np.clip(img, 0, 255).astype(np.uint8)
         if fx.active(eff.colour_cast, rng):
             pixels = fx.apply_colour_cast(pixels, rng, eff.colour_cast.strength)
-        out = Image.fromarray(pixels, "RGB")
+        out = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(pixels), "raw", "RGB", 0, 1)
         if hit(eff.blur):
             out = fx.apply_blur(out, rng, eff.blur.strength, h)
         if hit(eff.motion_blur):
