@@ -43,6 +43,17 @@ def recognizer_and_set(args: argparse.Namespace, orientation: str):
     return masterocr.load(args.model, orientation=orientation), open_benchmarks(args.data, holdout=holdout)
 
 
+def labelled_images(dataset) -> tuple[list, list[str]]:
+    """The readable images of an open_benchmarks dataset (RGB) and their labels under protocol 36."""
+    images, labels = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if item is not None:
+            images.append(item[0].convert("RGB"))
+            labels.append(apply_protocol(item[1], "36"))
+    return images, labels
+
+
 def readings_per_turn(rec, images, batch: int = 64) -> list[list[ReadResult]]:
     """Per image, its readings in the four turns (ROTATIONS order)."""
     out = []
@@ -60,12 +71,7 @@ def main() -> None:
     parser.add_argument("--margins", nargs="+", type=float, default=[0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
     args = parser.parse_args()
     rec, ((name, dataset),) = recognizer_and_set(args, "auto")
-    images, labels = [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if item is not None:
-            images.append(item[0].convert("RGB"))
-            labels.append(apply_protocol(item[1], "36"))
+    images, labels = labelled_images(dataset)
     print(f"{args.model} on {name} ({len(images)} words), protocol 36, load average {os.getloadavg()[0]:.1f}")
     per_rotation = {}
     for rotation in ROTATIONS:

@@ -391,6 +391,15 @@ def test_wrong_metadata(broken):
 
 # ---- bf16 through OpenVINO, and bf16-checked -------------------------------------------------------------
 
+def test_cli_precision_choices_follow_the_runtime():
+    """cli/read.py spells the choices out so that --help imports nothing: they must stay the runtime's (int8 is a
+    property of an export, not a choice)."""
+    from masterocr.cli.read import PRECISIONS as CLI
+    from masterocr.runtime.recognizer import PRECISIONS as RUNTIME
+
+    assert set(CLI) == set(RUNTIME) - {"int8"}
+
+
 def test_bf16_checked_reads_fp32s_words(export_dir, tmp_path, capsys):
     pytest.importorskip("openvino")
     import masterocr
