@@ -3,7 +3,8 @@
 Issue 17 asks ORT fp32 at batch 1 for >= 1.5x torch fp32. For `master` at 48x160 the read is mostly the
 ResNet-31 encoder: this script counts its multiply-adds (hooks on every Conv2d/Linear while it encodes one image),
 times the encoder graph and a whole read (forced word lengths, as benchmarks/runtime.py does for random weights)
-in torch fp32 and ONNX Runtime fp32, and sets the encoder's GFLOP/s beside two references on the same threads:
+in torch fp32 and ONNX Runtime fp32, and the encoder compiled by OpenVINO in f32 when it is installed (another
+fp32 kernel library on the same graph). It sets the encoder's GFLOP/s beside two references on the same threads:
 a large fp32 GEMM in torch and a large MatMul in ONNX Runtime. The ceiling printed last is torch's whole read
 over ORT's encoder alone: the ratio ORT would reach if its decoding cost nothing.
 
@@ -17,6 +18,7 @@ alike).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -118,6 +120,15 @@ def main() -> None:
         "torch read": torch_read,
         "ORT read": ort_read,
     }
+    if importlib.util.find_spec("openvino") is not None:  # another fp32 kernel library on the same graph
+        import openvino
+
+        core = openvino.Core()
+        compiled = core.compile_model(core.read_model(str(Path(m.fp32) / "encoder.onnx")), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": args.threads})
+        request = compiled.create_infer_request()
+        paths["OpenVINO f32 encoder"] = lambda x: request.infer({"images": x})
     best = {name: float("inf") for name in paths}
     for name, run in paths.items():  # warm-up
         run(images[0])
@@ -136,9 +147,9 @@ def main() -> None:
     print(f"encoder: {flops / 1e9:.2f} GFLOP (convolutions and linear layers)")
     for name in paths:
         rate = f"{flops / best[name] / 1e9:7.1f} GFLOP/s" if "encoder" in name else ""
-        print(f"  {name:<14}{1000 * best[name]:8.1f} ms  {rate}")
+        print(f"  {name:<21}{1000 * best[name]:8.1f} ms  {rate}")
     for name, rate in refs.items():
-        print(f"  {name:<14}{'':>11}{rate:7.1f} GFLOP/s (1536^3 fp32 reference)")
+        print(f"  {name:<21}{'':>11}{rate:7.1f} GFLOP/s (1536^3 fp32 reference)")
     print(f"ORT / torch: encoder {best['torch encoder'] / best['ORT encoder']:.2f}x, "
           f"whole read {best['torch read'] / best['ORT read']:.2f}x; "
           f"decoding: torch {1000 * (best['torch read'] - best['torch encoder']):.1f} ms, "
