@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import length_histogram  # noqa: E402
-from runtime import ort_reader, prepare, torch_reader  # noqa: E402
+from runtime import cpu_name, ort_reader, prepare, time_paths, torch_reader  # noqa: E402
 
 
 def encoder_flops(model, images: torch.Tensor) -> float:
@@ -46,7 +46,8 @@ def encoder_flops(model, images: torch.Tensor) -> float:
         else:
             total[0] += 2 * output.numel() * module.in_features
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
     with torch.no_grad():
         model.encode(images)
     for h in hooks:
@@ -129,20 +130,12 @@ def main() -> None:
             "INFERENCE_NUM_THREADS": args.threads})
         request = compiled.create_infer_request()
         paths["OpenVINO f32 encoder"] = lambda x: request.infer({"images": x})
-    best = {name: float("inf") for name in paths}
-    for name, run in paths.items():  # warm-up
-        run(images[0])
-    for _ in range(args.repeats):
-        for name, run in paths.items():
-            best[name] = min(best[name], _seconds(lambda: [run(x) for x in images]) / len(images))
+    totals, _ = time_paths(paths, images, args.repeats)  # interleaved rounds, best total per path
+    best = {name: seconds / len(images) for name, seconds in totals.items()}
     refs = gemm_references(args.threads)
 
-    import subprocess
-
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
     size = "x".join(map(str, ort_rec.img_size))
-    print(f"CPU: {cpu}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}; {m.label} {size}, batch 1"
+    print(f"CPU: {cpu_name()}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}; {m.label} {size}, batch 1"
           + (f", forced word length {mean_length} (mean of {source})" if forced is not None else ""))
     print(f"encoder: {flops / 1e9:.2f} GFLOP (convolutions and linear layers)")
     for name in paths:

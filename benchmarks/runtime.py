@@ -12,8 +12,9 @@
                               benchmarks/decode.py does (PARSeq: greedy without its refinement pass, which the
                               forcing cannot steer; ViTSTR and CRNN cost the same for any word)
 Paths: torch fp32 and bf16 (autocast), ORT fp32, OpenVINO bf16 and bf16-checked (when openvino is installed;
-bf16-checked only on trained weights, with its re-read share in the notes), ORT int8 (`--int8`: calibrated convolutions and dynamic
-MatMul/Gemm/LSTM) and, when calibration images are used, ORT int8 conv (`--int8-ops conv`: the convolutions only).
+bf16-checked only on trained weights, with its re-read share in the notes), ORT int8 (`--int8`: calibrated
+convolutions and dynamic MatMul/Gemm/LSTM) and, when calibration images are used, ORT int8 conv (`--int8-ops
+conv`: the convolutions only).
 Timed: preprocessed batches to texts (encoder, decoding, reading the texts out; no attention maps). Batch 1 is
 the mean over --batch1-images single images, a larger batch the mean over --images images in batches of that
 size. Paths are interleaved (each round runs every path once) and the best round is kept, so a busy machine
@@ -166,6 +167,16 @@ def time_paths(paths: dict, batches: list[np.ndarray], repeats: int) -> tuple[di
             tokens[name] = [run(b) for b in batches]
             best[name] = min(best[name], time.perf_counter() - start)
     return best, tokens
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu gives it (every timing table names its CPU)."""
+    import platform
+    import subprocess
+
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")),
+                platform.processor())
 
 
 def same_tokens(a: np.ndarray, b: np.ndarray, pad: int) -> int:
@@ -470,13 +481,7 @@ def main() -> None:
     args = parser.parse_args()
     CROPS[0] = args.crops
     torch.set_num_threads(args.threads)
-    import platform
-    import subprocess
-
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")),
-        platform.processor())
-    print(f"CPU: {cpu} ({os.cpu_count()} cores visible), load average at the start {os.getloadavg()[0]:.2f}")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores visible), load average at the start {os.getloadavg()[0]:.2f}")
     tmp = args.exports or tempfile.mkdtemp(prefix="masterocr-runtime-bench-")
     os.makedirs(tmp, exist_ok=True)
     try:

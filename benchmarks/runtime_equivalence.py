@@ -4,8 +4,8 @@ For every model given (default: the bundled master-small; any weights masterocr.
 english_g2 imported with `masterocr import easyocr-g2`) and every image of the given sets (default:
 IIIT5K/test and SVT/test, measured only, nothing is chosen on them), one preprocessed batch goes through
 torch fp32 (masterocr.decoding, the Recognizer's path) and through the runtime (ORT fp32, ORT int8 when
-given or made, and with --bf16 the OpenVINO bf16 and bf16-checked readings): a word agrees when its whole token sequence is identical (attention models: up to and
-including EOS; CTC: every frame's arg-max). Batches are formed as `masterocr eval` forms them (ordered by
+given or made, and with --bf16 the OpenVINO bf16 and bf16-checked readings): a word agrees when its whole token
+sequence is identical (attention models: up to and including EOS; CTC: every frame's arg-max). Batches are formed as `masterocr eval` forms them (ordered by
 aspect ratio when the model keeps it, padded to the widest as the transform pads). Prints, per set, the
 agreement rate of ORT fp32 with torch fp32 (target >= 99.8%), the largest probability difference on agreeing
 words, and word accuracy (protocol 36) of each path, so the int8 delta (target: at most 0.5 points lost)
@@ -133,7 +133,8 @@ def measure(model: str, fp32_dir: str, int8_dir: str | None, args) -> None:
         for k in agree:
             totals["agree " + k] += agree[k]
     n = totals["n"]
-    print(f"{'Combined':<10}{n:>7}{100 * totals['agree ort fp32'] / n:>18.2f}%{'':>10}{100 * totals['torch'] / n:>11.2f}"
+    print(f"{'Combined':<10}{n:>7}{100 * totals['agree ort fp32'] / n:>18.2f}%{'':>10}"
+          f"{100 * totals['torch'] / n:>11.2f}"
           + "".join(f"{100 * totals[k] / n:>18.2f}" for k in runtimes)
           + "".join(f"{100 * totals['agree ' + k] / n:>19.2f}%" for k in others))
     if "bf16-checked" in runtimes:
