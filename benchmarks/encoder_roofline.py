@@ -6,7 +6,9 @@ times the encoder graph and a whole read (forced word lengths, as benchmarks/run
 in torch fp32 and ONNX Runtime fp32, and the encoder compiled by OpenVINO in f32 when it is installed (another
 fp32 kernel library on the same graph). It sets the encoder's GFLOP/s beside two references on the same threads:
 a large fp32 GEMM in torch and a large MatMul in ONNX Runtime. The ceiling printed last is torch's whole read
-over ORT's encoder alone: the ratio ORT would reach if its decoding cost nothing.
+over ORT's encoder alone: the ratio ORT would reach if its decoding cost nothing. Then, for attention models, what
+ORT's decoding may cost for 1.5x against its floor: each batch-1 decoder step reads all of the step graph's fp32
+weights once, timed as a torch sum over as many floats.
 
 Paths are interleaved, one warm-up, best of --repeats rounds of --images images each (a busy machine slows all
 alike).
@@ -75,6 +77,18 @@ def gemm_references(threads: int, n: int = 1536) -> dict[str, float]:
         best = min(_seconds(run) for _ in range(10))
         out[name] = 2 * n ** 3 / best / 1e9
     return out
+
+
+def weight_read_seconds(path: Path) -> tuple[float, float]:
+    """-> (MB of the graph's fp32 weights, best seconds of a torch sum over that many floats): the least a batch-1
+    decoder step can cost, since each step reads every weight once."""
+    import onnx
+    from onnx import numpy_helper
+
+    count = sum(numpy_helper.to_array(t).size for t in onnx.load(str(path)).graph.initializer)
+    floats = torch.ones(count)
+    floats.sum()
+    return 4 * count / 1e6, min(_seconds(floats.sum) for _ in range(20))
 
 
 def _seconds(fn) -> float:
@@ -148,6 +162,14 @@ def main() -> None:
           f"decoding: torch {1000 * (best['torch read'] - best['torch encoder']):.1f} ms, "
           f"ORT {1000 * (best['ORT read'] - best['ORT encoder']):.1f} ms")
     print(f"ceiling (ORT decoding at zero cost): {best['torch read'] / best['ORT encoder']:.2f}x")
+    step = Path(m.fp32) / "decoder_step.onnx"
+    if forced is not None and step.exists():  # attention models: what decoding may cost for 1.5x, and its floor
+        mb, seconds = weight_read_seconds(step)
+        steps = int(forced[0]) + 1
+        budget = best["torch read"] / 1.5 - best["ORT encoder"]
+        print(f"ORT decoding allowed for 1.5x: {1000 * budget:.1f} ms for {steps} steps; each step reads {mb:.1f} MB "
+              f"of fp32 weights, {1000 * seconds:.2f} ms for a sum over them ({mb / 1000 / seconds:.1f} GB/s), "
+              f"so {steps} steps take at least {1000 * steps * seconds:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ benchmark crops (36-character protocol, the same evaluation path as `masterocr e
     engine-short-first  our engine with short words first: synthetic labels capped at 3 characters at step
                   0, the cap growing linearly to 25 by step 1,000 (`data.short_words_first`)
     engine-nowarmup     our engine without the 200 learning-rate warm-up steps (`train.warmup=0`)
+    engine+<change>     our engine with one setting of the `irregular` preset (ONE_CHANGE below): lowres,
+                  photo, perspective, curve, rotation, motion, scene (glow, emboss, cast shadows)
 
 The last column is the validation accuracy on IIIT5K/train (a training split, allowed for validation) every
 500 steps: how soon each variant starts to read.
@@ -54,6 +56,19 @@ VARIANTS = {
     "engine-short-first": ["data.short_words_first={steps: 1000, start_length: 3}"],
     "engine-nowarmup": ["train.warmup=0"],
 }
+# Issue 20's appearance changes one at a time: the default engine with one setting of the `irregular` preset
+# (configs/synth/irregular.yaml), so each change is measured alone at the same budget.
+SYNTH = "data.train.0.synthetic.config="
+ONE_CHANGE = {
+    "lowres": "{effects: {low_resolution: {p: 0.3, strength: 0.75}}}",
+    "photo": "{backgrounds: {weights: {solid: 0.25, gradient: 0.2, texture: 0.25, image: 0.1, photo: 0.2}}}",
+    "perspective": "{effects: {perspective: {p: 0.5, strength: 0.4}}}",
+    "curve": "{effects: {curve: {p: 0.12, strength: 1.0}}}",
+    "rotation": "{effects: {rotation: {p: 1.0, strength: 5.0}}}",
+    "motion": "{effects: {motion_blur: {p: 0.1, strength: 4.0}}}",
+    "scene": "{effects: {glow: {p: 0.04}, emboss: {p: 0.05}, cast_shadow: {p: 0.12}}}",
+}
+VARIANTS.update({f"engine+{name}": [SYNTH + value] for name, value in ONE_CHANGE.items()})
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

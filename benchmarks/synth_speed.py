@@ -15,6 +15,8 @@ Three measurements (each can be skipped):
              caches) render the same chunks of indices, one after the other in alternating order; the ratio of
              their CPU times per chunk (median and quartiles) resolves differences of a few percent that the
              load swings between loader rounds hide on a shared machine.
+  deferred   the GPU route's ceiling: CPU per word with the photographic pixel effects switched off (as if a GPU
+             applied them per batch), with the float tensor and with a uint8 one, against the default.
   profile    per effect, the marginal cost of a word with the effect forced on (p=1) against forced off
              (p=0), all others at their defaults, the two interleaved in chunks over the same indices; and the
              expected cost per word at the default probability (marginal x p). Also for REF with --against.
@@ -22,7 +24,7 @@ Three measurements (each can be skipped):
 The machine's load average is printed at the start and end: on a shared machine, compare ratios from one run.
 
     python benchmarks/synth_speed.py [--against HEAD~3] [--workers 2] [--rounds 2] [--batches 60]
-        [--skip per-core loader paired profile] [--size 32x100] [--chunks 30]
+        [--skip per-core loader paired profile deferred] [--size 32x100] [--chunks 30]
 """
 
 from __future__ import annotations
@@ -235,6 +237,51 @@ def per_core(args, height: int, width: int) -> None:
     print("| " + " | ".join(f"{c:.0f} ({w:.0f})" for c, w in (cold, warm, tensor)) + " |")
 
 
+# What the issue allows moving to the GPU, applied per batch: the photographic pixel effects.
+DEFERRABLE = ("lighting", "contrast", "colour_cast", "blur", "motion_blur", "noise", "jpeg")
+
+
+def deferred(args, height: int, width: int) -> None:
+    """The most the GPU route could give a worker: CPU time per word with DEFERRABLE switched off (as if a
+    GPU applied them per batch at no cost to the worker), with the float tensor and with a uint8 one (the
+    normalisation deferred too), against the default; interleaved chunks over the same indices."""
+    import numpy as np
+    import torch
+
+    from masterocr.data.image import ImageTransform, resize
+    from masterocr.data.synth import SyntheticDataset, build_fonts
+
+    torch.set_num_threads(1)
+    fonts = build_fonts("94")
+    off = [f"effects.{name}.p=0" for name in DEFERRABLE]
+    plain, stripped = (SyntheticDataset("94", transform=ImageTransform(height, width), seed=0, fonts=fonts,
+                                        config=config) for config in (None, off))
+    for ds in (plain, stripped):
+        ds.renderer.warm_up()
+
+    def uint8_tensor(i: int):  # resized on the CPU, normalised later by whoever receives the batch
+        image = resize(stripped.render(i)[0], height, width, False)
+        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+    cases = {"default": plain.__getitem__, f"{len(DEFERRABLE)} pixel effects deferred": stripped.__getitem__,
+             "same, uint8 tensor": uint8_tensor}
+    times = {name: [] for name in cases}
+    for c in range(args.chunks):
+        start = c * args.chunk
+        for name, fn in cases.items():
+            cpu = time.process_time()
+            for i in range(start, start + args.chunk):
+                fn(i)
+            times[name].append((time.process_time() - cpu) / args.chunk)
+    print(f"\nthe GPU route's ceiling ({height}x{width}, 1 thread, {args.chunks} chunks of {args.chunk} words; "
+          f"deferred: {', '.join(DEFERRABLE)}): median ms of CPU per word")
+    print("| worker renders | ms/word | words per CPU second | vs default |\n|---|---:|---:|---:|")
+    base = sorted(times["default"])[len(times["default"]) // 2]
+    for name, values in times.items():
+        median = sorted(values)[len(values) // 2]
+        print(f"| {name} | {1000 * median:.3f} | {1 / median:.0f} | {base / median:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", metavar="REF", help="also measure the renderer of this commit, alternately")
@@ -246,7 +293,7 @@ def main() -> None:
     parser.add_argument("--profile-count", type=int, default=400, help="words per effect setting in the profile")
     parser.add_argument("--chunks", type=int, default=30, help="paired chunks (default 30)")
     parser.add_argument("--chunk", type=int, default=200, help="words per paired chunk (default 200)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["per-core", "loader", "paired", "profile"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["per-core", "loader", "paired", "profile", "deferred"])
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.lower().split("x"))
 
@@ -279,6 +326,8 @@ def main() -> None:
                 print(f"ratio this tree / {args.against} (per CPU second): {new / old:.2f}x")
         if args.against and "paired" not in args.skip:
             paired(trees, args, height, width)
+        if "deferred" not in args.skip:
+            deferred(args, height, width)
         if "profile" not in args.skip:
             for name, path in trees:
                 rows = child(PROFILE_CHILD, path, height, width, args.profile_count, 50)
