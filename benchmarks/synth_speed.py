@@ -1,7 +1,7 @@
 """Synthetic word rendering speed: per core, through a DataLoader, and per effect; this tree against another
 commit in the same run.
 
-Three measurements (each can be skipped):
+Five measurements (each can be skipped):
 
   per core   one process, one thread, CPU seconds (time.process_time), so the figures are per core even on
              a busy machine; "cold" is a fresh renderer drawing each glyph on first use, "warm" after the glyph
@@ -293,7 +293,8 @@ def main() -> None:
     parser.add_argument("--profile-count", type=int, default=400, help="words per effect setting in the profile")
     parser.add_argument("--chunks", type=int, default=30, help="paired chunks (default 30)")
     parser.add_argument("--chunk", type=int, default=200, help="words per paired chunk (default 200)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["per-core", "loader", "paired", "profile", "deferred"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["per-core", "loader", "paired", "profile", "deferred"])
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.lower().split("x"))
 
