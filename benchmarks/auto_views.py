@@ -24,16 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from masterocr.data.image import ROTATIONS, rotate_image  # noqa: E402
 from masterocr.evaluation import apply_protocol  # noqa: E402
-from masterocr.reading import UPRIGHT_MARGIN, ReadResult  # noqa: E402
+from masterocr.reading import UPRIGHT_MARGIN, ReadResult, most_confident_turns  # noqa: E402
 from orientation_margin import add_set_arguments, labelled_images, readings_per_turn, recognizer_and_set  # noqa: E402
 
 
 def keep(turns: list[ReadResult], wide: bool) -> ReadResult:
-    """The reading the search keeps of an image's four-turn readings (ROTATIONS order), as most_confident_turns
-    chooses: the most confident unless upright is within the margin; a wide crop's only among turns 0 and 180."""
-    candidates = [0, 2] if wide else [0, 1, 2, 3]
-    best = max(candidates, key=lambda v: turns[v].confidence)  # ties: upright
-    return turns[0] if turns[best].confidence - turns[0].confidence <= UPRIGHT_MARGIN else turns[best]
+    """The reading the search keeps of an image's four-turn readings (ROTATIONS order); a wide crop's only among
+    turns 0 and 180."""
+    candidates = [turns[0], turns[2]] if wide else turns
+    return most_confident_turns(candidates, len(candidates), UPRIGHT_MARGIN)[0]
 
 
 def main() -> None:

@@ -83,9 +83,8 @@ def weight_read_seconds(path: Path) -> tuple[float, float]:
     """-> (MB of the graph's fp32 weights, best seconds of a torch sum over that many floats): the least a batch-1
     decoder step can cost, since each step reads every weight once."""
     import onnx
-    from onnx import numpy_helper
 
-    count = sum(numpy_helper.to_array(t).size for t in onnx.load(str(path)).graph.initializer)
+    count = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
     floats = torch.ones(count)
     floats.sum()
     return 4 * count / 1e6, min(_seconds(floats.sum) for _ in range(20))

@@ -5,8 +5,9 @@ english_g2 imported with `masterocr import easyocr-g2`) and every image of the g
 IIIT5K/test and SVT/test, measured only, nothing is chosen on them), one preprocessed batch goes through
 torch fp32 (masterocr.decoding, the Recognizer's path) and through the runtime (ORT fp32, ORT int8 when
 given or made, and with --bf16 the OpenVINO bf16 and bf16-checked readings): a word agrees when its whole token
-sequence is identical (attention models: up to and including EOS; CTC: every frame's arg-max). Batches are formed as `masterocr eval` forms them (ordered by
-aspect ratio when the model keeps it, padded to the widest as the transform pads). Prints, per set, the
+sequence is identical (attention models: up to and including EOS; CTC: every frame's arg-max). Batches are formed
+as `masterocr eval` forms them (ordered by aspect ratio when the model keeps it, padded to the widest as the
+transform pads). Prints, per set, the
 agreement rate of ORT fp32 with torch fp32 (target >= 99.8%), the largest probability difference on agreeing
 words, and word accuracy (protocol 36) of each path, so the int8 delta (target: at most 0.5 points lost)
 reads off the table.

@@ -105,7 +105,6 @@ def test_exif_rotation_is_applied():
     assert min(bottom) > 200
 
 
-
 def test_pil_input_orientation_is_applied_and_an_upright_one_passes_unchanged():
     img = Image.new("RGB", (40, 20), (255, 255, 255))
     img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
@@ -113,6 +112,7 @@ def test_pil_input_orientation_is_applied_and_an_upright_one_passes_unchanged():
     img.getexif()[0x0112] = 3  # "rotate 180 to display"
     out = load_image(img)
     assert out.size == (40, 20) and out.getpixel((35, 10))[1] < 80  # the red half is now on the right
+
 
 def test_arrays_and_pil_inputs():
     assert load_image(np.zeros((4, 6), dtype=np.uint8)).size == (6, 4)

@@ -544,7 +544,6 @@ def test_image_shaped_operands_give_the_broadcast_results_bit_for_bit():
         assert np.array_equal(got, expected)
 
 
-
 def test_fast_paths_give_the_numpy_formulas_bit_for_bit():
     """random_colour's grey in Python floats, the cached ramps and per_column's fill stand for NumPy formulas
     (speed only): the same values, so rendered words are unchanged."""
@@ -564,6 +563,7 @@ def test_fast_paths_give_the_numpy_formulas_bit_for_bit():
     for colour in (np.array([1.5, 200.25, 3.0], np.float32), np.array([7.0, 8.0, 9.0])):
         assert np.array_equal(fx.per_column(colour, 5), np.tile(colour, (5, 1)))
         assert fx.per_column(colour, 5).dtype == colour.dtype
+
 
 def test_jpeg_degradation_decodes_as_image_open_does():
     from masterocr.data.synth.effects import apply_jpeg
