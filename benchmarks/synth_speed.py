@@ -5,7 +5,8 @@ Five measurements (each can be skipped):
 
   per core   one process, one thread, CPU seconds (time.process_time), so the figures are per core even on
              a busy machine; "cold" is a fresh renderer drawing each glyph on first use, "warm" after the glyph
-             cache is filled (a long run's steady state), "+tensor" adds the ImageTransform training applies.
+             cache is filled and --warm-words words laid out (a long run's steady state: `warm`),
+             "+tensor" adds the ImageTransform training applies.
   loader     what training sees: a DataLoader over SyntheticDataset (batch 64, the standard collate) with
              --workers worker processes of one thread each, glyph caches warmed first; words per wall second
              and per worker. With --against REF the same is measured for the renderer of commit REF (exported
@@ -30,6 +31,7 @@ The machine's load average is printed at the start and end: on a shared machine,
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -58,13 +60,13 @@ LOADER_CHILD = textwrap.dedent("""
     def init(_):
         torch.set_num_threads(1)
         renderer = torch.utils.data.get_worker_info().dataset.renderer
-        getattr(renderer, "warm_up", renderer.preload_glyphs)()   # the steady state of a long run
+        warm(renderer, WARM_WORDS)   # the steady state of a long run
 
-    warm = 4 * workers
+    warm_batches = 4 * workers
     loader = DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate, worker_init_fn=init,
                         sampler=range(10**9), prefetch_factor=4, persistent_workers=True)
     it = iter(loader)
-    for _ in range(warm):
+    for _ in range(warm_batches):
         next(it)
     pids = [w.pid for w in getattr(it, "_workers", [])]
 
@@ -94,8 +96,8 @@ PAIRED_CHILD = textwrap.dedent("""
 
     height, width = (int(a) for a in sys.argv[1:3])
     ds = SyntheticDataset("94", transform=ImageTransform(height, width), seed=0)
-    getattr(ds.renderer, "warm_up", ds.renderer.preload_glyphs)()
-    for i in range(1500):  # past the first-use costs (kerning pairs, fonts opened)
+    warm(ds.renderer, WARM_WORDS)
+    for i in range(200):  # past the first-use costs (fonts opened)
         ds[i]
     import masterocr
     print(masterocr.__file__, flush=True)
@@ -123,7 +125,7 @@ PROFILE_CHILD = textwrap.dedent("""
         return SyntheticDataset("94", transform=transform, seed=0, fonts=fonts, config=config)
 
     base = dataset(None)
-    getattr(base.renderer, "warm_up", base.renderer.preload_glyphs)()
+    warm(base.renderer, WARM_WORDS)
 
     def cost(ds, start, n):
         t = time.process_time()
@@ -152,6 +154,24 @@ PROFILE_CHILD = textwrap.dedent("""
 """)
 
 
+def warm(renderer, words: int) -> None:
+    """A long run's steady state: glyphs drawn and backgrounds loaded (warm_up), and the kerning of the letter
+    pairs `words` sampled words meet looked up (each pair is a FreeType call the first time a process meets it,
+    about 35,000 of them in the first 20,000 words). Uses only methods every benchmarked commit has."""
+    import numpy as np
+
+    getattr(renderer, "warm_up", renderer.preload_glyphs)()
+    rng = np.random.default_rng(20240611)  # not a dataset's stream
+    for _ in range(words):
+        text, _, font = renderer._text_and_font(rng)
+        renderer._layout(text, font, renderer.font_size, rng)
+
+
+def with_warm(code: str) -> str:
+    """A child's code with `warm` and WARM_WORDS (from the environment) defined first."""
+    return ("import os\nWARM_WORDS = int(os.environ['WARM_WORDS'])\n" + inspect.getsource(warm) + code)
+
+
 def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -164,11 +184,11 @@ def export(ref: str, dest: str) -> str:
     return dest
 
 
-def child(code: str, pythonpath: str, *args) -> dict:
-    env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1")
+def child(code: str, pythonpath: str, warm_words: int, *args) -> dict:
+    env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", WARM_WORDS=str(warm_words))
     # Run in the tree itself: `python -c` puts the working directory first on sys.path.
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
-                         cwd=pythonpath)
+    out = subprocess.run([sys.executable, "-c", with_warm(code), *map(str, args)], env=env, capture_output=True,
+                         text=True, cwd=pythonpath)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({pythonpath}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -180,8 +200,9 @@ def paired(trees, args, height: int, width: int) -> None:
 
     procs = []
     for _, path in trees:
-        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
-        proc = subprocess.Popen([sys.executable, "-c", PAIRED_CHILD, str(height), str(width)], env=env, cwd=path,
+        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", WARM_WORDS=str(args.warm_words))
+        proc = subprocess.Popen([sys.executable, "-c", with_warm(PAIRED_CHILD), str(height), str(width)], env=env,
+                                cwd=path,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().startswith(path)  # the tree asked for
         procs.append(proc)
@@ -227,7 +248,7 @@ def per_core(args, height: int, width: int) -> None:
     n = args.count
     cold = measure(ds.render, n, 0)
     t0 = time.perf_counter()
-    ds.renderer.preload_glyphs()
+    warm(ds.renderer, args.warm_words)
     preload = time.perf_counter() - t0
     warm = measure(ds.render, n, n)
     tensor = measure(ds.__getitem__, n, 2 * n)
@@ -257,7 +278,7 @@ def deferred(args, height: int, width: int) -> None:
     plain, stripped = (SyntheticDataset("94", transform=ImageTransform(height, width), seed=0, fonts=fonts,
                                         config=config) for config in (None, off))
     for ds in (plain, stripped):
-        ds.renderer.warm_up()
+        warm(ds.renderer, args.warm_words)
 
     def uint8_tensor(i: int):  # resized on the CPU, normalised later by whoever receives the batch
         image = resize(stripped.render(i)[0], height, width, False)
@@ -293,6 +314,8 @@ def main() -> None:
     parser.add_argument("--profile-count", type=int, default=400, help="words per effect setting in the profile")
     parser.add_argument("--chunks", type=int, default=30, help="paired chunks (default 30)")
     parser.add_argument("--chunk", type=int, default=200, help="words per paired chunk (default 200)")
+    parser.add_argument("--warm-words", type=int, default=20_000,
+                        help="words laid out before timing, to fill the kerning cache as a long run has (0: none)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["per-core", "loader", "paired", "profile", "deferred"])
     args = parser.parse_args()
@@ -309,7 +332,7 @@ def main() -> None:
             results = {name: [] for name, _ in trees}
             for _ in range(args.rounds):
                 for name, path in trees:
-                    r = child(LOADER_CHILD, path, height, width, args.workers, args.batches, 0)
+                    r = child(LOADER_CHILD, path, args.warm_words, height, width, args.workers, args.batches, 0)
                     assert r["package"].startswith(path), (r["package"], path)  # the tree asked for
                     results[name].append((r["words"] / r["wall"] / args.workers, r["words"] / r["worker_cpu"]))
                     print(f"  loader round: {name}: {results[name][-1][0]:.0f} words/s per worker (wall), "
@@ -331,7 +354,7 @@ def main() -> None:
             deferred(args, height, width)
         if "profile" not in args.skip:
             for name, path in trees:
-                rows = child(PROFILE_CHILD, path, height, width, args.profile_count, 50)
+                rows = child(PROFILE_CHILD, path, args.warm_words, height, width, args.profile_count, 50)
                 assert rows.pop("package").startswith(path)  # the tree asked for
                 print(f"\nper-effect profile, {name} (ms of CPU per word incl. the {height}x{width} tensor; "
                       f"{args.profile_count} words per setting): default mix {rows.pop('default'):.3f} ms/word")

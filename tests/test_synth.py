@@ -565,16 +565,154 @@ def test_fast_paths_give_the_numpy_formulas_bit_for_bit():
         assert fx.per_column(colour, 5).dtype == colour.dtype
 
 
-def test_jpeg_degradation_decodes_as_image_open_does():
-    from masterocr.data.synth.effects import apply_jpeg
+def test_jpeg_degradation_gives_what_a_pillow_jpeg_file_decodes_to():
+    """OpenCV's round trip (RGB handed over as BGR) must equal writing the crop as a JPEG file with Pillow at
+    the same quality and reading it back: same codec, same 4:2:0 chroma, channels in the right order."""
+    from masterocr.data.synth.effects import apply_jpeg, jpeg_quality
 
     rng = np.random.default_rng(2)
-    img = Image.fromarray((rng.random((32, 71, 3)) * 255).astype(np.uint8), "RGB")
+    img = (rng.random((32, 71, 3)) * 255).astype(np.uint8)
+    img[:, :35, 0] = 250  # a saturated red half: swapped channels would change its chroma
     for seed in range(4):
         out = apply_jpeg(img, sample_rng(seed, 0), 0.85)
-        quality = int(round(95 - sample_rng(seed, 0).uniform(0, 1) * 0.85 * 90))
         buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=max(5, quality))
-        reference = Image.open(io.BytesIO(buf.getvalue()))
-        assert out.mode == "RGB" and out.size == img.size
-        assert np.array_equal(np.asarray(out), np.asarray(reference.convert("RGB")))
+        Image.fromarray(img).save(buf, "JPEG", quality=jpeg_quality(sample_rng(seed, 0), 0.85))
+        reference = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        assert out.dtype == np.uint8 and out.shape == img.shape and out.flags.c_contiguous
+        assert np.array_equal(out, reference)
+
+def test_sample_streams_give_sample_rngs_streams():
+    from masterocr.data.synth.render import SampleStreams
+
+    streams = SampleStreams(-3)  # negative seeds fold into 64 bits as sample_rng folds them
+    for index in (0, 9, 2**40, 9):
+        a, b = streams(index), sample_rng(-3, index)
+        assert np.array_equal(a.random(5), b.random(5)) and np.array_equal(a.normal(size=7), b.normal(size=7))
+        assert a.integers(10**9) == b.integers(10**9)
+    with pytest.raises(IndexError):
+        streams(-1)
+
+
+def test_warp_follows_pillows_pixel_convention():
+    """The OpenCV warp maps continuous coordinates as Pillow's transform does (pixel i spans [i, i + 1)): the
+    same homography gives the same image up to fixed-point rounding; half a pixel off would move every edge.
+    (At a source's outer edge the two differ: Pillow stops sampling, OpenCV blends in the zero border.)"""
+    from masterocr.data.synth.imageops import warp
+
+    yy, xx = np.mgrid[0:40, 0:120]
+    src = np.where((yy // 4 + xx // 4) % 2 == 0, 255, 0).astype(np.uint8)  # sharp edges every 4 pixels
+    src[:3], src[-3:], src[:, :3], src[:, -3:] = 0, 0, 0, 0  # a blank margin, as the renderer's canvases have
+    m = np.array([[0.9, 0.12, -3.0], [0.05, 0.8, -2.0], [1e-3, 2e-3, 1.0]])
+    inverse = np.linalg.inv(m)
+    inverse /= inverse[2, 2]
+    reference = np.asarray(Image.fromarray(src).transform((100, 32), Image.PERSPECTIVE, tuple(inverse.ravel()[:8]),
+                                                          Image.BILINEAR), np.int16)
+    got = warp(src, m, (100, 32)).astype(np.int16)
+    assert got.shape == (32, 100) and np.abs(got - reference).max() <= 4
+
+
+def test_motion_blur_is_the_mean_of_shifted_copies():
+    from masterocr.data.synth import effects as fx
+
+    img = (np.random.default_rng(3).random((32, 90, 3)) * 255).astype(np.uint8)
+    for seed in range(6):
+        rng = sample_rng(seed, 0)
+        out = fx.apply_motion_blur(img, rng, 4.0, 32)
+        rng = sample_rng(seed, 0)  # the same draws, by the formula
+        length = rng.uniform(0.3, 1.0) * 4.0
+        angle = rng.uniform(-15, 15) if rng.random() < 0.7 else rng.uniform(-90, 90)
+        t = np.linspace(-length / 2, length / 2, int(np.ceil(length)) + 1)
+        dx = np.round(t * np.cos(np.radians(angle))).astype(int)
+        dy = np.round(t * np.sin(np.radians(angle))).astype(int)
+        pad = int(max(np.abs(dx).max(), np.abs(dy).max()))
+        padded = np.pad(img.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        expected = np.mean([padded[pad + y:pad + y + 32, pad + x:pad + x + 90] for x, y in zip(dx, dy)], axis=0)
+        assert np.abs(out - expected).max() <= 1.0
+
+
+def test_background_windows_shrink_without_aliasing():
+    """A window shrunk 4 times from a 1-pixel checkerboard is even grey (it comes from the pyramid's level of
+    its size), not the checkerboard's samples."""
+    from masterocr.data.synth.effects import pyramid, window
+
+    board = (np.indices((128, 512)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    out = window(pyramid(board), 3.0, 5.0, 400.0, 100.0, 100, 25)
+    assert out.shape == (25, 100) and np.abs(out.astype(float) - 127.5).max() <= 2
+
+
+@needs_dejavu
+def test_training_tensors_take_the_short_path_and_match_the_pil_one(dejavu_fonts94):
+    """A stretching transform gets the rendered array resized by OpenCV; it must give what the PIL path
+    (ImageTransform on the rendered image) gives, up to resampling; other transforms take the PIL path."""
+    from masterocr.data.image import Rotate
+    from masterocr.data.synth.dataset import stretches_only
+
+    plain, turned = ImageTransform(32, 100), ImageTransform(32, 100, augment=Rotate(180))
+    assert stretches_only(plain) and not stretches_only(turned)
+    assert not stretches_only(ImageTransform(32, 100, keep_aspect=True)) and not stretches_only(None)
+    ds = SyntheticDataset("94", transform=plain, seed=4, fonts=dejavu_fonts94)
+    for i in range(8):
+        image, label, _ = ds[i]
+        reference = plain(ds.render(i)[0])
+        assert image.shape == reference.shape == (3, 32, 100) and image.dtype == torch.float32
+        assert (image - reference).abs().mean() < 0.03  # of the [-1, 1] range
+    ds.transform = turned
+    assert torch.equal(ds[3][0], turned(ds.render(3)[0]))
+
+
+OPS_CASES = '''
+import numpy as np
+from masterocr.data.synth import imageops as ops
+rng = np.random.default_rng(7)
+yy, xx = np.mgrid[0:40, 0:120]
+board = np.where((yy // 4 + xx // 4) % 2 == 0, 255, 0).astype(np.uint8)
+board[:3], board[-3:], board[:, :3], board[:, -3:] = 0, 0, 0, 0
+photo = np.repeat(np.repeat((rng.random((8, 23, 3)) * 255).astype(np.uint8), 4, 0), 4, 1)[:, :90].copy()
+kernel = np.zeros((5, 5), np.float32); kernel[2, 0:5] = 0.2
+table = (rng.random((3, 256)) * 255).astype(np.uint8)
+m = np.array([[0.9, 0.12, -3.0], [0.05, 0.8, -2.0], [1e-3, 2e-3, 1.0]])
+mx, my = np.meshgrid(np.linspace(-2, 121, 64, dtype=np.float32), np.linspace(-2, 41, 24, dtype=np.float32))
+cases = {"warp": ops.warp(board, m, (100, 32)), "warp3": ops.warp(np.dstack([board] * 3), m, (100, 32)),
+         "remap": ops.remap(board, mx, my), "blur": ops.gaussian_blur(photo, 1.3),
+         "correlate": ops.correlate(photo, kernel), "lookup": ops.lookup(photo, table),
+         "uint8": ops.to_uint8(photo.astype(np.float32) * 0.97), "mean": ops.mean_colour(photo.astype(np.float32)),
+         "jpeg": ops.jpeg(photo, 40)}
+for method in ops.RESAMPLING:
+    cases["resize_" + method] = ops.resize(photo, (45, 16) if method == "area" else (150, 40), method)
+'''
+
+
+@needs_dejavu
+def test_pillow_fallback_renders_and_agrees_with_opencv(tmp_path, dejavu_dir):
+    """Without OpenCV the renderer falls back to Pillow/NumPy: every effect still renders, and each operation
+    gives OpenCV's result up to resampling and rounding differences."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nsys.modules['cv2'] = None  # as if OpenCV were not installed\n" + OPS_CASES + f'''
+assert ops.BACKEND == "pillow"
+np.savez({str(tmp_path / "pillow.npz")!r}, **cases)
+from masterocr.data.synth import Renderer, sample_rng
+from masterocr.data.synth.config import EFFECT_NAMES
+renderer = Renderer("94", config=[f"effects.{{n}}.p=1" for n in EFFECT_NAMES if n != "orientation"],
+                    fonts=[{dejavu_dir!r}])
+for i in range(6):
+    image, label = renderer.render(sample_rng(0, i))
+    assert image.height == 32 and label
+''')
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    namespace = {}
+    exec(OPS_CASES, namespace)
+    from masterocr.data.synth import imageops
+    assert imageops.BACKEND == "opencv"
+    opencv, pillow = namespace["cases"], np.load(tmp_path / "pillow.npz")
+    for name, limit in (("warp", 4), ("warp3", 4), ("remap", 1), ("blur", 2.0), ("correlate", 2), ("lookup", 0),
+                        ("uint8", 1), ("mean", 0.01), ("jpeg", 0), ("resize_linear", 3.0), ("resize_cubic", 3.0),
+                        ("resize_nearest", 0), ("resize_area", 1.0)):
+        a, b = opencv[name].astype(np.float64), pillow[name].astype(np.float64)
+        assert a.shape == b.shape, name
+        error = np.abs(a - b).max() if name in ("warp", "warp3", "remap", "correlate", "lookup", "uint8", "mean",
+                                                "jpeg", "resize_nearest") else np.abs(a - b).mean()
+        assert error <= limit, (name, error)

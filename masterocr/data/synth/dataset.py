@@ -9,12 +9,33 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ...charset import DEFAULT_MAX_LENGTH
+from ..image import ImageTransform, to_array
+from . import imageops as ops
 from .config import ConfigSpec
-from .render import FontSpec, Renderer, sample_rng
+from .render import FontSpec, Renderer, SampleStreams, sample_rng
+
+
+def stretches_only(transform) -> bool:
+    """Whether `transform` only stretches an RGB image to its size and normalises it (no augmentation, no
+    keep-aspect canvas, no turn, no grey): then a rendered array takes a short path with no PIL image."""
+    return (type(transform) is ImageTransform and transform.augment is None and not transform.keep_aspect
+            and not transform.grayscale and not transform.tall_turn)
+
+
+def stretch(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, 3) uint8 -> (height, width, 3): bicubic, or area means where it shrinks by 2 or more (without
+    aliasing; they cost twice as much)."""
+    h, w = pixels.shape[:2]
+    if (h, w) == (height, width):
+        return pixels
+    shrink = w >= 2 * width or h >= 2 * height
+    return ops.resize(pixels, (width, height), "area" if shrink else "cubic")
 
 
 class SyntheticDataset(Dataset):
@@ -45,6 +66,7 @@ class SyntheticDataset(Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.source = f"synth:{self.seed}"
+        self._streams = SampleStreams(self.seed)  # sample_rng(seed, i), re-keyed per sample
 
     @property
     def charset(self) -> str:
@@ -71,7 +93,12 @@ class SyntheticDataset(Dataset):
 
     def get_capped(self, index: int, max_length: int | None = None):
         """dataset[index], with an optional lower label-length cap (see render)."""
-        image, label = self.render(index, max_length)
-        if self.transform is not None:
-            image = self.transform(image)
+        pixels, label = self.renderer.render_array(self._streams(int(index)), max_length)
+        t = self.transform
+        if stretches_only(t):
+            image = torch.from_numpy(to_array(stretch(pixels, t.height, t.width), t.mean, t.std))
+        else:
+            image = Image.fromarray(pixels, "RGB")
+            if t is not None:
+                image = t(image)
         return image, label, self.name(index)

@@ -2,14 +2,14 @@
 
 Procedural textures are generated once per process from a fixed seed (every DataLoader worker builds the same
 bank), natural images are loaded lazily and kept downscaled; a sample only crops and recolours them. Every
-function takes the sample's numpy Generator and works on small float32 (H, W, 3) arrays in [0, 255].
+function takes the sample's numpy Generator and works on small float32 (H, W, 3) arrays in [0, 255], or uint8 ones
+where noted; resizing, filtering and JPEG go through `imageops` (OpenCV).
 """
 
 from __future__ import annotations
 
 import colorsys
 import functools
-import io
 import logging
 import math
 import os
@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from . import imageops as ops
 from .config import BackgroundConfig, ColourConfig, Effect
 from .sampling import cumulative, pick
 
@@ -61,7 +62,7 @@ def per_column(colour: np.ndarray, w: int) -> np.ndarray:
 def filled(colour: np.ndarray, h: int, w: int) -> np.ndarray:
     """(h, w, 3) array of one colour."""
     out = np.empty((h, w, 3), colour.dtype)
-    out[...] = colour
+    out[...] = per_column(colour, w)
     return out
 
 
@@ -201,11 +202,22 @@ TEXTURE_KINDS = ("noise", "stone", "wood", "metal", "bricks", "tiles", "dots", "
 
 
 @functools.lru_cache(maxsize=4)
-def texture_bank(size: int) -> list[Image.Image]:
-    """`size` procedural textures (grey PIL images), the same in every process: a fixed seed."""
+def texture_bank(size: int) -> list[tuple[np.ndarray, ...]]:
+    """`size` procedural textures ((h, w) uint8, each with its pyramid), the same in every process: a fixed
+    seed."""
     rng = np.random.default_rng(BANK_SEED)
-    return [Image.fromarray((make_texture(TEXTURE_KINDS[i % len(TEXTURE_KINDS)], rng) * 255).astype(np.uint8), "L")
+    return [pyramid((make_texture(TEXTURE_KINDS[i % len(TEXTURE_KINDS)], rng) * 255).astype(np.uint8))
             for i in range(size)]
+
+
+def pyramid(img: np.ndarray, smallest: int = 16) -> tuple[np.ndarray, ...]:
+    """`img` and its successive halvings (2 x 2 means) down to `smallest` pixels on the short side: a window
+    shrunk from the level nearest its size needs no more than bilinear sampling, without aliasing."""
+    levels = [img]
+    while min(levels[-1].shape[:2]) >= 2 * smallest:
+        top = levels[-1]
+        levels.append(ops.resize(top, (top.shape[1] // 2, top.shape[0] // 2), "area"))
+    return tuple(levels)
 
 
 @functools.lru_cache(maxsize=1)
@@ -216,14 +228,15 @@ def noise_field() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=MAX_IMAGES)
-def load_background(path: str) -> Image.Image | None:
-    """A natural image, RGB and at most MAX_IMAGE_SIDE on its long side; None (with a warning) if unreadable."""
+def load_background(path: str) -> tuple[np.ndarray, ...] | None:
+    """A natural image, (h, w, 3) uint8 RGB, at most MAX_IMAGE_SIDE on its long side, with its pyramid; None
+    (with a warning) if unreadable."""
     try:
         with Image.open(path) as raw:
             raw.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
             img = raw.convert("RGB")
         img.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.BILINEAR)
-        return img
+        return pyramid(np.asarray(img))
     except Exception as e:  # one unreadable background never stops rendering
         logger.warning("background image %s: cannot read (%s); skipped", path, e)
         return None
@@ -261,6 +274,17 @@ def find_images(dirs: Sequence[str], extensions: Sequence[str] = IMAGE_EXTENSION
     return sorted(dict.fromkeys(files))[:MAX_IMAGES]
 
 
+def window(levels: tuple[np.ndarray, ...], x0: float, y0: float, cw: float, ch: float, w: int, h: int
+           ) -> np.ndarray:
+    """The (cw x ch) window at (x0, y0) of a pyramid's image, resized to (h, w) bilinearly from the level at
+    which it shrinks by less than 2 (no aliasing); its corners are rounded to that level's pixels."""
+    level = min(len(levels) - 1, max(0, int(math.log2(max(min(cw / w, ch / h), 1.0)))))
+    img, k = levels[level], 0.5 ** level
+    x0i, y0i = int(x0 * k), int(y0 * k)
+    crop = img[y0i:max(y0i + 1, int(round((y0 + ch) * k))), x0i:max(x0i + 1, int(round((x0 + cw) * k)))]
+    return ops.resize(crop, (w, h), "linear")
+
+
 class Backgrounds:
     """Draws a (H, W, 3) float32 background and its mean colour: solid, gradient, texture or natural image."""
 
@@ -289,14 +313,14 @@ class Backgrounds:
         self.kinds, self._kind_cum = kinds, cumulative(w)
 
     @property
-    def bank(self) -> list[Image.Image]:
+    def bank(self) -> list[tuple[np.ndarray, ...]]:
         return texture_bank(max(1, int(self.config.bank_size)))
 
     def preload(self) -> int:
         """Load every background image now (each process keeps them, downscaled); returns how many loaded."""
         return sum(load_background(f) is not None for f in self.image_files + self.photo_files)
 
-    def image(self, index: int) -> Image.Image | None:
+    def image(self, index: int) -> tuple[np.ndarray, ...] | None:
         return load_background(self.image_files[index])
 
     def sample(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -321,28 +345,31 @@ class Backgrounds:
         if kind == "gradient":
             c2 = shifted_colour(rng, c1, rng.uniform(0.1, 0.45))
             angle = rng.uniform(0, 2 * np.pi)
-            gx = ramp(-0.5, 0.5, w) * np.cos(angle) * (w / max(h, 1)) ** 0.5
-            gy = ramp(-0.5, 0.5, h) * np.sin(angle)
+            gx = ramp(-0.5, 0.5, w) * math.cos(angle) * (w / max(h, 1)) ** 0.5
+            gy = ramp(-0.5, 0.5, h) * math.sin(angle)
             t = per_pixel(np.clip(gy[:, None] + gx[None, :] + 0.5, 0, 1))
             return per_column(c1, w) + t * per_column(c2 - c1, w), (c1 + c2) / 2
         # texture: a zoomed crop of a bank texture mapped between two close colours
         tex = self.bank[int(rng.integers(len(self.bank)))]
         zoom = float(np.exp(rng.uniform(np.log(0.5), np.log(3.0))))
-        cw, ch = min(tex.width, max(4, w * zoom)), min(tex.height, max(4, h * zoom))
-        x0, y0 = rng.uniform(0, tex.width - cw), rng.uniform(0, tex.height - ch)
-        t = np.asarray(tex.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), np.float32)
+        th, tw = tex[0].shape
+        cw, ch = min(tw, max(4, w * zoom)), min(th, max(4, h * zoom))
+        x0, y0 = rng.uniform(0, tw - cw), rng.uniform(0, th - ch)
+        t = window(tex, x0, y0, cw, ch, w, h).astype(np.float32)
         c2 = shifted_colour(rng, c1, self.config.texture_strength * rng.uniform(0.2, 1.0))
         t = per_pixel(t * np.float32(1 / 255.0))
         return per_column(c1, w) + t * per_column(c2 - c1, w), (c1 + c2) / 2
 
-    def _crop(self, img: Image.Image, rng: np.random.Generator, h: int, w: int, zoom_range: tuple[float, float]
-              ) -> np.ndarray:
-        """A random window of `img` about zoom x the output size (as large as fits), resized to (h, w)."""
+    def _crop(self, img: tuple[np.ndarray, ...], rng: np.random.Generator, h: int, w: int,
+              zoom_range: tuple[float, float]) -> np.ndarray:
+        """A random window of the pyramid `img` about zoom x the output size (as large as fits), resized to
+        (h, w)."""
         zoom = float(np.exp(rng.uniform(np.log(zoom_range[0]), np.log(zoom_range[1]))))
-        ch = min(img.height, max(4.0, h * zoom))
-        cw = min(img.width, max(4.0, ch * w / max(h, 1)))
-        x0, y0 = rng.uniform(0, img.width - cw), rng.uniform(0, img.height - ch)
-        return np.asarray(img.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch)), np.float32)
+        ih, iw = img[0].shape[:2]
+        ch = min(ih, max(4.0, h * zoom))
+        cw = min(iw, max(4.0, ch * w / max(h, 1)))
+        x0, y0 = rng.uniform(0, iw - cw), rng.uniform(0, ih - ch)
+        return window(img, x0, y0, cw, ch, w, h).astype(np.float32)
 
     def _photo_patch(self, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A window of a photograph in its own colours (foliage, water, walls, sky), contrast reduced a little
@@ -351,7 +378,7 @@ class Backgrounds:
         if img is None:
             return None
         patch = self._crop(img, rng, h, w, (1.0, 8.0))
-        mean = patch.reshape(-1, 3).mean(axis=0)
+        mean = ops.mean_colour(patch)
         strength = self.config.photo_strength * rng.uniform(0.5, 1.0)
         row = per_column(mean, w)
         return row + (patch - row) * np.float32(strength), mean
@@ -362,7 +389,7 @@ class Backgrounds:
         if img is None:
             return None
         patch = self._crop(img, rng, h, w, (0.7, 4.0))
-        mean = patch.reshape(-1, 3).mean(axis=0)
+        mean = ops.mean_colour(patch)
         strength = self.config.image_strength * rng.uniform(0.4, 1.0)
         if rng.random() < 0.6:  # recolour: the material's texture in a paint colour
             colour = random_colour(rng, self.colours.grey_p)
@@ -381,14 +408,16 @@ def apply_lighting(img: np.ndarray, rng: np.random.Generator, strength: float) -
     amp = strength * rng.uniform(0.2, 1.0)
     if rng.random() < 0.6:
         angle = rng.uniform(0, 2 * np.pi)
-        gx = ramp(-1, 1, w) * np.cos(angle)
-        gy = ramp(-1, 1, h) * np.sin(angle)
+        gx = ramp(-1, 1, w) * math.cos(angle)  # Python floats keep float32 (NumPy's float64 scalars would not)
+        gy = ramp(-1, 1, h) * math.sin(angle)
         gain = 1 + amp * 0.5 * (gy[:, None] + gx[None, :])
         return img * per_pixel(gain)
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     r = rng.uniform(0.3, 1.0) * max(h, w) * 0.5
-    yy, xx = np.ogrid[0:h, 0:w]
-    glare = np.exp(-(((xx - cx) ** 2 + ((yy - cy) * 1.5) ** 2) / (2 * r * r))).astype(np.float32)
+    k = np.float32(-0.5 / (r * r))  # a Gaussian spot, separable: one exponential per row and per column
+    gx = np.exp((np.arange(w, dtype=np.float32) - np.float32(cx)) ** 2 * k)
+    gy = np.exp(((np.arange(h, dtype=np.float32) - np.float32(cy)) * np.float32(1.5)) ** 2 * k)
+    glare = np.multiply.outer(gy, gx)
     # Screen-like blend, capped so the brightest spot keeps part of its contrast.
     return img + per_pixel(glare * (0.6 * amp)) * (255 - img)
 
@@ -396,22 +425,21 @@ def apply_lighting(img: np.ndarray, rng: np.random.Generator, strength: float) -
 def apply_contrast(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Haze / faded paint: blend towards the mean colour (or a grey veil)."""
     k = rng.uniform(0, min(strength, 0.9))
-    veil = img.reshape(-1, 3).mean(axis=0) if rng.random() < 0.6 else np.float32(rng.uniform(100, 230))
+    veil = ops.mean_colour(img) if rng.random() < 0.6 else np.float32(rng.uniform(100, 230))
     veil = veil * k
     return img * (1 - k) + (per_column(veil, img.shape[1]) if veil.ndim else veil)
 
 
-_CHANNELS = np.arange(3)[:, None]
 _LEVELS = np.arange(256, dtype=np.float32)[None, :]
 
 
 def apply_colour_cast(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """White balance and gamma on uint8 (H, W, 3): per-channel gains of +-strength, then one gamma, through a
-    (3, 256) look-up table (a power per pixel costs ten times more)."""
+    per-channel look-up table (a power per pixel costs ten times more)."""
     gains = 1 + rng.uniform(-strength, strength, 3).astype(np.float32)
     gamma = float(np.exp(rng.uniform(-strength, strength)))
     lut = (255 * (np.clip(_LEVELS * gains[:, None], 0, 255) / 255) ** gamma + 0.5).astype(np.uint8)  # (3, 256)
-    return lut[_CHANNELS.T, img]
+    return ops.lookup(img, lut)
 
 
 def apply_cast_shadow(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -446,14 +474,15 @@ def draw_occlusion(img: np.ndarray, rng: np.random.Generator, strength: float, g
     return img * (1 - a) + per_column(colour, w) * a
 
 
-def apply_blur(img: Image.Image, rng: np.random.Generator, strength: float, height: int) -> Image.Image:
+def apply_blur(img: np.ndarray, rng: np.random.Generator, strength: float, height: int) -> np.ndarray:
+    """Out of focus, on uint8 (H, W, 3): a Gaussian of up to strength * height / 32 pixels."""
     radius = rng.uniform(0.25, 1.0) * strength * height / 32
-    return img.filter(ImageFilter.GaussianBlur(radius)) if radius > 0.05 else img
+    return ops.gaussian_blur(img, radius) if radius > 0.05 else img
 
 
-def apply_motion_blur(img: Image.Image, rng: np.random.Generator, strength: float, height: int) -> Image.Image:
-    """A camera or object in motion: the mean of copies shifted along a line (the line's length up to
-    strength * height / 32 pixels; 70% within 15 degrees of horizontal, else any direction)."""
+def apply_motion_blur(img: np.ndarray, rng: np.random.Generator, strength: float, height: int) -> np.ndarray:
+    """A camera or object in motion, on uint8 (H, W, 3): the mean of copies shifted along a line (the line's
+    length up to strength * height / 32 pixels; 70% within 15 degrees of horizontal, else any direction)."""
     length = rng.uniform(0.3, 1.0) * strength * height / 32
     angle = rng.uniform(-15, 15) if rng.random() < 0.7 else rng.uniform(-90, 90)
     steps = int(math.ceil(length)) + 1
@@ -462,25 +491,24 @@ def apply_motion_blur(img: Image.Image, rng: np.random.Generator, strength: floa
     t = np.linspace(-length / 2, length / 2, steps)
     dx = np.round(t * math.cos(math.radians(angle))).astype(int)
     dy = np.round(t * math.sin(math.radians(angle))).astype(int)
-    arr = np.asarray(img, np.float32)
-    h, w = arr.shape[:2]
     pad = int(max(np.abs(dx).max(), np.abs(dy).max()))
-    padded = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    total = np.zeros_like(arr)
-    for ox, oy in zip(dx.tolist(), dy.tolist()):
-        total += padded[pad + oy:pad + oy + h, pad + ox:pad + ox + w]
-    return Image.fromarray((total * np.float32(1 / steps) + 0.5).astype(np.uint8), "RGB")
+    kernel = np.zeros((2 * pad + 1, 2 * pad + 1), np.float32)  # one weight per copy, at its shift
+    np.add.at(kernel, (pad + dy, pad + dx), np.float32(1 / steps))
+    return ops.correlate(img, kernel)
 
 
 _RESAMPLE_CUM = cumulative([0.5, 0.4, 0.1])  # bilinear, bicubic, nearest upsampling
 
 
-def upsample(img: Image.Image, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    """A small rendering enlarged to `size` (w, h) as a recognizer's resize would: bilinear, bicubic or
-    nearest."""
-    if img.size == tuple(size):
+_RESAMPLE = ("linear", "cubic", "nearest")
+
+
+def upsample(img: np.ndarray, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A small rendering (uint8 (h, w, 3)) enlarged to `size` (w, h) as a recognizer's resize would: bilinear,
+    bicubic or nearest."""
+    if img.shape[1::-1] == tuple(size):
         return img
-    return img.resize(size, (Image.BILINEAR, Image.BICUBIC, Image.NEAREST)[pick(rng, _RESAMPLE_CUM)])
+    return ops.resize(img, size, _RESAMPLE[pick(rng, _RESAMPLE_CUM)])
 
 
 def apply_noise(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -499,13 +527,14 @@ def apply_noise(img: np.ndarray, rng: np.random.Generator, strength: float) -> n
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def apply_jpeg(img: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
-    quality = int(round(95 - rng.uniform(0, 1) * min(strength, 1.0) * 90))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=max(5, quality))
-    # Decoded straight into an RGB image of the known size: Image.open's marker parsing and load() cost more
-    # than the decoding itself (the pixels are the same).
-    return Image.frombytes("RGB", img.size, buf.getbuffer(), "jpeg", "RGB", "")
+def jpeg_quality(rng: np.random.Generator, strength: float) -> int:
+    return max(5, int(round(95 - rng.uniform(0, 1) * min(strength, 1.0) * 90)))
+
+
+def apply_jpeg(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A JPEG round trip of uint8 (H, W, 3) RGB at a quality down to 95 - 90 * strength (4:2:0 chroma, as
+    cameras and web images store it)."""
+    return ops.jpeg(img, jpeg_quality(rng, strength))
 
 
 def active(effect: Effect, rng: np.random.Generator) -> bool:

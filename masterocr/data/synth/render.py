@@ -4,7 +4,8 @@ photographic degradations.
 
 Everything is drawn close to the output size: glyphs come from a cache at a font size near the output height,
 and the warp maps them directly into an (height, natural width) crop, so the per-image work is a handful of
-small NumPy/Pillow operations. All randomness comes from the Generator handed to `render`.
+small NumPy/OpenCV operations (`imageops`) on uint8 or float32 arrays. All randomness comes from the Generator handed to
+`render`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from ...charset import DEFAULT_MAX_LENGTH, load_charset
 from . import effects as fx
+from . import imageops as ops
 from .config import ConfigSpec, SynthConfig, build_config
 from .fonts import FontSet
 from .text import TextSampler, renderable_chars
@@ -48,14 +50,6 @@ def _bounds(m: np.ndarray, pts: np.ndarray) -> tuple[float, float, float, float]
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def _inverse_coeffs(m: np.ndarray) -> tuple[float, ...]:
-    """The 8 PIL PERSPECTIVE coefficients (output pixel -> input pixel) of the homography `m` (input -> output):
-    its inverse by the adjugate, normalised so the last entry is 1."""
-    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
-    adj = (e * i - f * h, c * h - b * i, b * f - c * e,
-           f * g - d * i, a * i - c * g, c * d - a * f,
-           d * h - e * g, b * g - a * h, a * e - b * d)
-    return tuple(v / adj[8] for v in adj[:8])
 
 
 def build_fonts(charset: str | Sequence[str], fonts: FontSpec = None, config: ConfigSpec = None) -> FontSet:
@@ -96,6 +90,7 @@ class Renderer:
         if not self._fallback_chars:
             raise ValueError("no usable font draws any character of the charset")
         self.backgrounds = fx.Backgrounds(self.config.backgrounds, self.config.colours)
+        ops.single_threaded()  # OpenCV, for the whole process: see there
 
     @property
     def font_size(self) -> int:
@@ -158,7 +153,7 @@ class Renderer:
                 # Scale the glyph about its baseline point and wobble it vertically.
                 s = scales[k]
                 mh, mw = max(1, round(mask.shape[0] * s)), max(1, round(mask.shape[1] * s))
-                mask = np.asarray(Image.fromarray(mask).resize((mw, mh), Image.BILINEAR))
+                mask = ops.resize(mask, (mw, mh), "linear")
                 y = ascent - (ascent - top) * s + dys[k]
                 advance *= s
             if mask.size:
@@ -222,27 +217,25 @@ class Renderer:
         u, v = forward(gx, gy)
         ox0, oy0 = math.floor(u.min()) - 1, math.floor(v.min()) - 1
         ow, oh = math.ceil(u.max()) - ox0 + 2, math.ceil(v.max()) - oy0 + 2
-        # Inverse map of every output pixel centre into the flat layout, then bilinear sampling (zero outside;
-        # the circle's seam behind the text maps past the ends of the flat ink).
-        du = (ox0 + 0.5 - mid) + np.arange(ow, dtype=np.float32)[None, :]           # (1, ow)
-        dv = sign * (cy - oy0 - 0.5 - np.arange(oh, dtype=np.float32)[:, None])    # (oh, 1)
-        fh, fw = flat.shape
-        x = np.clip(np.arctan2(du, dv) * np.float32(radius) + np.float32(mid - fx0 - 0.5), -1, fw)  # (oh, ow)
-        y = np.clip(np.float32(baseline - fy0 - 0.5 + sign * radius) - np.float32(sign) * np.hypot(du, dv),
-                    -1, fh)
-        x0, y0 = np.floor(x), np.floor(y)
-        ax, ay = x - x0, y - y0
-        xi, yi = x0.astype(np.intp) + 1, y0.astype(np.intp) + 1  # into the zero-padded flat ink
-        padded = np.pad(flat, ((1, 2), (1, 2))).astype(np.float32)
-        curved = ((padded[yi, xi] * (1 - ax) + padded[yi, xi + 1] * ax) * (1 - ay)
-                  + (padded[yi + 1, xi] * (1 - ax) + padded[yi + 1, xi + 1] * ax) * ay)
-        curved = (curved + 0.5).astype(np.uint8)
+        # Inverse map of every output pixel centre into the flat layout (pixel centres at whole numbers), then
+        # bilinear sampling, zero outside (the circle's seam behind the text maps past the ends of the ink).
+        # float32 throughout (OpenCV's maps): the offsets as Python floats, which NumPy does not promote.
+        du = float(ox0 + 0.5 - mid) + np.arange(ow, dtype=np.float32)[None, :]           # (1, ow)
+        dv = sign * (float(cy - oy0 - 0.5) - np.arange(oh, dtype=np.float32)[:, None])    # (oh, 1)
+        x = np.arctan2(du, dv) * float(radius) + float(mid - fx0 - 0.5)                   # (oh, ow)
+        y = float(baseline - fy0 - 0.5 + sign * radius) - sign * np.hypot(du, dv)
+        curved = ops.remap(flat, x, y)
         return [(curved, float(ox0), float(oy0), 0.0)]
 
     # ---- the whole sample ---------------------------------------------------------------------------------
     def render(self, rng: np.random.Generator, max_length: int | None = None) -> tuple[Image.Image, str]:
         """-> (RGB image of height self.height and natural width, label); max_length: a lower label-length cap
         for this sample (short words first), default self.max_length."""
+        pixels, label = self.render_array(rng, max_length)
+        return Image.fromarray(pixels, "RGB"), label
+
+    def render_array(self, rng: np.random.Generator, max_length: int | None = None) -> tuple[np.ndarray, str]:
+        """`render` as a (height, width, 3) uint8 RGB array (the training loader's form: no PIL image)."""
         text, label, font = self._text_and_font(rng, max_length)
         return self._draw(text, font, rng), label
 
@@ -253,9 +246,9 @@ class Renderer:
             font = self.fonts.choose(text, rng)
             if font is None:
                 raise ValueError(f"no usable font draws all of {text!r}")
-        return self._draw(text, font, rng)
+        return Image.fromarray(self._draw(text, font, rng), "RGB")
 
-    def _draw(self, text: str, font: int, rng: np.random.Generator) -> Image.Image:
+    def _draw(self, text: str, font: int, rng: np.random.Generator) -> np.ndarray:
         cfg, eff, H = self.config, self.config.effects, self.height
         size = self.font_size
         vertical = fx.active(eff.vertical, rng) and len(text) > 1
@@ -358,29 +351,24 @@ class Renderer:
             masks.append(_dilate(alpha, outline))
         if shadow:
             dx, dy, blur = shadow
-            sh = Image.fromarray(alpha).transform((cw, ch), Image.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.BILINEAR)
-            if blur > 0.3:
-                sh = sh.filter(ImageFilter.GaussianBlur(blur))
-            masks.append(np.asarray(sh))
+            sh = ops.warp(alpha, _translate(dx, dy), (cw, ch))
+            masks.append(ops.gaussian_blur(sh, blur) if blur > 0.3 else sh)
         if border:
             pad, width = border
             frame = Image.new("L", (cw, ch), 0)
             (fx0, fy0), (fx1, fy1) = box[0], box[2]
             ImageDraw.Draw(frame).rectangle((fx0 - pad, fy0 - pad, fx1 + pad, fy1 + pad), outline=255, width=width)
             masks.append(np.asarray(frame))
-        # One warp for all masks: up to four packed as the bands of one image. "RGBX", not "RGBA": Pillow
-        # premultiplies RGBA by its fourth band while resampling, which zeroed outlines and shadows outside it.
-        if len(masks) == 1:
-            canvas = Image.frombuffer("L", (cw, ch), alpha, "raw", "L", 0, 1)
-        else:
-            masks += [alpha] * (4 - len(masks))
-            canvas = Image.frombuffer("RGBX", (cw, ch), np.ascontiguousarray(np.dstack(masks)), "raw", "RGBX", 0, 1)
+        # One warp for all masks, packed as the channels of one image.
+        canvas = alpha if len(masks) == 1 else np.dstack(masks)
         scale = min(sx, sy)
-        k = int(1 / scale) if scale < 0.55 else 1  # shrink big canvases first (box filter): no aliasing
+        k = int(1 / scale) if scale < 0.55 else 1  # shrink big canvases first (k x k means): no aliasing
         if k > 1:
-            canvas = canvas.reduce(k)
+            pad = ((0, -ch % k), (0, -cw % k)) + ((0, 0),) * (canvas.ndim - 2)  # whole k x k blocks
+            canvas = np.pad(canvas, pad)
+            canvas = ops.resize(canvas, (canvas.shape[1] // k, canvas.shape[0] // k), "area")
             f = f @ _scale(k, k)
-        warped = np.asarray(canvas.transform((w, h), Image.PERSPECTIVE, _inverse_coeffs(f), Image.BILINEAR))
+        warped = ops.warp(canvas, f, (w, h))
         if warped.ndim == 2:
             warped = warped[:, :, None]
 
@@ -412,7 +400,7 @@ class Renderer:
         text_mask = warped[:, :, 0]
         if glow:
             radius = max(0.8, eff.glow.strength * h * rng.uniform(0.3, 1.0))
-            halo = np.asarray(Image.fromarray(text_mask).filter(ImageFilter.GaussianBlur(radius)), np.float32)
+            halo = ops.gaussian_blur(text_mask, radius).astype(np.float32)
             _over(img, np.minimum(halo * np.float32(rng.uniform(1.5, 3.0)), 255), fg, rng.uniform(0.6, 0.9))
             fg = fg + (255 - fg) * np.float32(rng.uniform(0.3, 0.7))  # the tube's core is nearly white
         if outline:
@@ -444,16 +432,15 @@ class Renderer:
             img = fx.apply_cast_shadow(img, rng, eff.cast_shadow.strength)
         if hit(eff.contrast):
             img = fx.apply_contrast(img, rng, eff.contrast.strength)
-        pixels = np.clip(img, 0, 255).astype(np.uint8)
+        out = ops.to_uint8(img)
         if fx.active(eff.colour_cast, rng):
-            pixels = fx.apply_colour_cast(pixels, rng, eff.colour_cast.strength)
-        out = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(pixels), "raw", "RGB", 0, 1)
+            out = fx.apply_colour_cast(out, rng, eff.colour_cast.strength)
         if hit(eff.blur):
             out = fx.apply_blur(out, rng, eff.blur.strength, h)
         if hit(eff.motion_blur):
             out = fx.apply_motion_blur(out, rng, eff.motion_blur.strength, h)
         if hit(eff.noise):
-            out = Image.fromarray(fx.apply_noise(np.asarray(out), rng, eff.noise.strength), "RGB")
+            out = fx.apply_noise(out, rng, eff.noise.strength)
         if fx.active(eff.jpeg, rng):
             out = fx.apply_jpeg(out, rng, eff.jpeg.strength)
         return fx.upsample(out, rng, (W, H))
@@ -497,6 +484,28 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
                 np.maximum(out[:, d:], src[:, :-d], out=out[:, d:])
                 np.maximum(out[:, :-d], src[:, d:], out=out[:, :-d])
     return out
+
+
+class SampleStreams:
+    """sample_rng(seed, index) for many indices in one process, faster: one Generator whose Philox is re-keyed
+    for each index (a tenth of the cost of building one). The same streams; each call invalidates the
+    Generator the previous call returned, so use one instance per thread."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._bits = np.random.Philox(key=0)
+        self._rng = np.random.Generator(self._bits)
+        self._state = self._bits.state  # reused: only the key changes, and the counter and buffer restart
+
+    def __call__(self, index: int) -> np.random.Generator:
+        if index < 0:
+            raise IndexError(f"sample index {index}: must be >= 0")
+        state = self._state
+        state["state"]["key"] = np.array([index & 0xFFFFFFFFFFFFFFFF, self.seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
+        state["state"]["counter"] = np.zeros(4, np.uint64)
+        state["buffer_pos"], state["has_uint32"], state["uinteger"] = 4, 0, 0
+        self._bits.state = state
+        return self._rng
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
