@@ -250,12 +250,12 @@ def per_core(args, height: int, width: int) -> None:
     t0 = time.perf_counter()
     warm(ds.renderer, args.warm_words)
     preload = time.perf_counter() - t0
-    warm = measure(ds.render, n, n)
+    warmed = measure(ds.render, n, n)
     tensor = measure(ds.__getitem__, n, 2 * n)
     print(f"\nper core ({height}x{width}, 1 process / 1 thread, {n} words per cell; words/s per CPU second, "
-          f"wall in brackets): {len(ds.renderer.fonts)} fonts, setup {setup:.1f} s, preload {preload:.1f} s")
+          f"wall in brackets): {len(ds.renderer.fonts)} fonts, setup {setup:.1f} s, warm-up {preload:.1f} s")
     print("| cold | warm | warm+tensor |\n|---:|---:|---:|")
-    print("| " + " | ".join(f"{c:.0f} ({w:.0f})" for c, w in (cold, warm, tensor)) + " |")
+    print("| " + " | ".join(f"{c:.0f} ({w:.0f})" for c, w in (cold, warmed, tensor)) + " |")
 
 
 # What the issue allows moving to the GPU, applied per batch: the photographic pixel effects.
