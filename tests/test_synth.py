@@ -676,7 +676,8 @@ cases = {"warp": ops.warp(board, m, (100, 32)), "warp3": ops.warp(np.dstack([boa
          "remap": ops.remap(board, mx, my), "blur": ops.gaussian_blur(photo, 1.3),
          "correlate": ops.correlate(photo, kernel), "lookup": ops.lookup(photo, table),
          "uint8": ops.to_uint8(photo.astype(np.float32) * 0.97), "mean": ops.mean_colour(photo.astype(np.float32)),
-         "jpeg": ops.jpeg(photo, 40)}
+         "jpeg": ops.jpeg(photo, 40),
+         "masks": ops.resize(np.dstack([board, 255 - board, board, board // 2]), (60, 20), "area")}
 for method in ops.RESAMPLING:
     cases["resize_" + method] = ops.resize(photo, (45, 16) if method == "area" else (150, 40), method)
 '''
@@ -710,7 +711,7 @@ for i in range(6):
     opencv, pillow = namespace["cases"], np.load(tmp_path / "pillow.npz")
     for name, limit in (("warp", 4), ("warp3", 4), ("remap", 1), ("blur", 2.0), ("correlate", 2), ("lookup", 0),
                         ("uint8", 1), ("mean", 0.01), ("jpeg", 0), ("resize_linear", 3.0), ("resize_cubic", 3.0),
-                        ("resize_nearest", 0), ("resize_area", 1.0)):
+                        ("resize_nearest", 0), ("resize_area", 1.0), ("masks", 1.0)):
         a, b = opencv[name].astype(np.float64), pillow[name].astype(np.float64)
         assert a.shape == b.shape, name
         error = np.abs(a - b).max() if name in ("warp", "warp3", "remap", "correlate", "lookup", "uint8", "mean",

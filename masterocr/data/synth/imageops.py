@@ -48,25 +48,30 @@ _TO_CENTRES = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]], np.float64)
 _FROM_CENTRES = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], np.float64)
 
 
+def _per_plane(img: np.ndarray, op) -> np.ndarray:
+    """Pillow `op` on an image, one grey plane at a time unless it is RGB: Pillow premultiplies the last band of
+    LA and RGBA images when resampling, which would mix stacked masks."""
+    if img.ndim == 3 and img.shape[2] != 3:
+        return np.dstack([_per_plane(np.ascontiguousarray(img[:, :, c]), op) for c in range(img.shape[2])])
+    return np.asarray(op(Image.fromarray(np.ascontiguousarray(img))))
+
+
 def warp(src: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (h, w) or (h, w, c) through the 3x3 homography `m` (input -> output, continuous coordinates) into an
-    output of `size` (w, h): bilinear, zero outside."""
+    """uint8 (h, w) or (h, w, c <= 4) through the 3x3 homography `m` (input -> output, continuous coordinates)
+    into an output of `size` (w, h): bilinear, zero outside."""
     if cv2 is not None:
         return cv2.warpPerspective(src, _TO_CENTRES @ m @ _FROM_CENTRES, size, flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     inverse = np.linalg.inv(m)
     coeffs = tuple((inverse / inverse[2, 2]).ravel()[:8])
-    planes = [src] if src.ndim == 2 else [src[:, :, c] for c in range(src.shape[2])]
-    out = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).transform(size, Image.PERSPECTIVE, coeffs,
-                                                                         Image.BILINEAR)) for p in planes]
-    return out[0] if src.ndim == 2 else np.dstack(out)
+    return _per_plane(src, lambda image: image.transform(size, Image.PERSPECTIVE, coeffs, Image.BILINEAR))
 
 
 def resize(img: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
-    """uint8 (h, w) or (h, w, 3) to `size` (w, h); method: area (means), linear, cubic or nearest."""
+    """uint8 (h, w) or (h, w, c <= 4) to `size` (w, h); method: area (means), linear, cubic or nearest."""
     if cv2 is not None:
         return cv2.resize(img, size, interpolation=_CV_RESAMPLE[method])
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(size, _PIL_RESAMPLE[method]))
+    return _per_plane(img, lambda image: image.resize(size, _PIL_RESAMPLE[method]))
 
 
 def remap(src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

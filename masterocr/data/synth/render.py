@@ -4,8 +4,8 @@ photographic degradations.
 
 Everything is drawn close to the output size: glyphs come from a cache at a font size near the output height,
 and the warp maps them directly into an (height, natural width) crop, so the per-image work is a handful of
-small NumPy/OpenCV operations (`imageops`) on uint8 or float32 arrays. All randomness comes from the Generator handed to
-`render`.
+small NumPy/OpenCV operations (`imageops`) on uint8 or float32 arrays. All randomness comes from the Generator
+handed to `render`.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ def _bounds(m: np.ndarray, pts: np.ndarray) -> tuple[float, float, float, float]
         xs.append((a * x + b * y + c) / w)
         ys.append((d * x + e * y + f) / w)
     return min(xs), min(ys), max(xs), max(ys)
-
-
 
 
 def build_fonts(charset: str | Sequence[str], fonts: FontSpec = None, config: ConfigSpec = None) -> FontSet:
@@ -364,8 +362,8 @@ class Renderer:
         scale = min(sx, sy)
         k = int(1 / scale) if scale < 0.55 else 1  # shrink big canvases first (k x k means): no aliasing
         if k > 1:
-            pad = ((0, -ch % k), (0, -cw % k)) + ((0, 0),) * (canvas.ndim - 2)  # whole k x k blocks
-            canvas = np.pad(canvas, pad)
+            blocks = ((0, -ch % k), (0, -cw % k)) + ((0, 0),) * (canvas.ndim - 2)  # whole k x k blocks
+            canvas = np.pad(canvas, blocks)
             canvas = ops.resize(canvas, (canvas.shape[1] // k, canvas.shape[0] // k), "area")
             f = f @ _scale(k, k)
         warped = ops.warp(canvas, f, (w, h))
