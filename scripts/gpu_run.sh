@@ -29,7 +29,7 @@ if [ -z "${DRY:-}" ]; then
   mkdir -p ../shared && python3 -m zipfile -e gpu/data.zip ../shared/ || exit 1
   nvidia-smi -L; lscpu | grep -E "Model name|^CPU\(s\)"; python3 -c "import torch; print('torch', torch.__version__)"
   python3 -c "import cv2; print('opencv', cv2.__version__)" 2>/dev/null \
-    || echo "no OpenCV here: the synthetic renderer falls back to Pillow (about 1.7x more CPU per word)"
+    || echo "no OpenCV here: the synthetic renderer falls back to Pillow (the old, slower renderer)"
 else
   export PYTHONPATH=$PWD
 fi

@@ -3,7 +3,7 @@ NumPy where OpenCV is not installed.
 
 On word crops of a few thousand pixels a call's overhead is most of its cost, and OpenCV's is a tenth of Pillow's
 (`benchmarks/synth_speed.py`). OpenCV is a requirement; the fallback keeps the renderer working on a machine
-that lacks it (a lent GPU machine whose Python cannot take a 60 MB wheel) at the old speed. The two give the
+that lacks it (a lent GPU machine whose Python cannot take a 60 MB wheel), more slowly. The two give the
 same geometry and filters but not the same bytes, so a seed renders the same pixels only with the same backend:
 `BACKEND` names the one in use.
 """
@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - exercised by the fallback test with Op
 BACKEND = "opencv" if cv2 is not None else "pillow"
 if cv2 is None:
     logger.warning("OpenCV (opencv-python-headless) is not installed: synthetic words are rendered with Pillow, "
-                   "about 1.7x more CPU per word, and their pixels differ slightly from OpenCV's")
+                   "which is slower, and their pixels differ slightly from OpenCV's")
 
 RESAMPLING = ("area", "linear", "cubic", "nearest")
 if cv2 is not None:
