@@ -1,7 +1,7 @@
 """Synthetic word rendering speed: per core, through a DataLoader, and per effect; this tree against another
 commit in the same run.
 
-Five measurements (each can be skipped):
+Six measurements (each can be skipped):
 
   per core   one process, one thread, CPU seconds (time.process_time), so the figures are per core even on
              a busy machine; "cold" is a fresh renderer drawing each glyph on first use, "warm" after the glyph
@@ -18,6 +18,8 @@ Five measurements (each can be skipped):
              load swings between loader rounds hide on a shared machine.
   deferred   the GPU route's ceiling: CPU per word with the photographic pixel effects switched off (as if a GPU
              applied them per batch), with the float tensor and with a uint8 one, against the default.
+  ops        each pixel operation of the renderer (synth/imageops) per call on crops of its sizes, with OpenCV
+             and with its Pillow/NumPy fallback (a child with OpenCV hidden).
   profile    per effect, the marginal cost of a word with the effect forced on (p=1) against forced off
              (p=0), all others at their defaults, the two interleaved in chunks over the same indices; and the
              expected cost per word at the default probability (marginal x p). Also for REF with --against.
@@ -25,7 +27,7 @@ Five measurements (each can be skipped):
 The machine's load average is printed at the start and end: on a shared machine, compare ratios from one run.
 
     python benchmarks/synth_speed.py [--against HEAD~3] [--workers 2] [--rounds 2] [--batches 60]
-        [--skip per-core loader paired profile deferred] [--size 32x100] [--chunks 30]
+        [--skip per-core loader paired profile deferred ops] [--size 32x100] [--chunks 30]
 """
 
 from __future__ import annotations
@@ -170,6 +172,55 @@ def warm(renderer, words: int) -> None:
 def with_warm(code: str) -> str:
     """A child's code with `warm` and WARM_WORDS (from the environment) defined first."""
     return ("import os\nWARM_WORDS = int(os.environ['WARM_WORDS'])\n" + inspect.getsource(warm) + code)
+
+
+# Each imageops call on crops of the renderer's sizes, timed in a child with OpenCV and in one without it.
+OPS_CHILD = textwrap.dedent("""
+    import json, sys, time
+    if sys.argv[1] == "pillow":
+        sys.modules["cv2"] = None  # as if OpenCV were not installed: imageops falls back to Pillow/NumPy
+    import numpy as np
+    from masterocr.data.synth import imageops as ops
+    ops.single_threaded()
+    rng = np.random.default_rng(0)
+    crop = (rng.random((32, 130, 3)) * 255).astype(np.uint8)
+    masks = (rng.random((44, 150, 2)) * 255).astype(np.uint8)
+    m = np.array([[0.9, 0.05, -3.0], [0.02, 0.8, -2.0], [1e-4, 2e-4, 1.0]])
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[2] = 0.2
+    table = (rng.random((3, 256)) * 255).astype(np.uint8)
+    mx, my = (a.astype(np.float32) for a in np.meshgrid(np.linspace(0, 149, 140), np.linspace(0, 43, 40)))
+    cases = {"warp, 2 masks 44x150 -> 32x120": lambda: ops.warp(masks, m, (120, 32)),
+             "remap (curve) 40x140": lambda: ops.remap(masks[:, :, 0].copy(), mx, my),
+             "resize 32x130 -> 32x100, cubic": lambda: ops.resize(crop, (100, 32), "cubic"),
+             "Gaussian blur, sigma 1.2": lambda: ops.gaussian_blur(crop, 1.2),
+             "motion blur, 5 taps": lambda: ops.correlate(crop, kernel),
+             "colour look-up": lambda: ops.lookup(crop, table),
+             "JPEG round trip, quality 50": lambda: ops.jpeg(crop, 50)}
+    out = {}
+    for name, fn in cases.items():
+        fn()
+        best = float("inf")
+        for _ in range(5):  # the best of 5 rounds: the least disturbed by other processes
+            t = time.process_time()
+            for _ in range(200):
+                fn()
+            best = min(best, (time.process_time() - t) / 200)
+        out[name] = 1e6 * best
+    out["backend"] = ops.BACKEND
+    print(json.dumps(out))
+""")
+
+
+def ops_table(args) -> None:
+    """imageops per call, OpenCV against its Pillow/NumPy fallback (this tree only)."""
+    rows = {backend: child(OPS_CHILD, str(ROOT), 0, backend) for backend in ("opencv", "pillow")}
+    assert rows["opencv"].pop("backend") == "opencv" and rows["pillow"].pop("backend") == "pillow"
+    print("\nimageops per call (us of CPU, best of 5 rounds of 200, one thread): OpenCV against the Pillow/NumPy "
+          "fallback")
+    print("| operation | OpenCV | Pillow/NumPy | ratio |\n|---|---:|---:|---:|")
+    for name, us in rows["opencv"].items():
+        print(f"| {name} | {us:.1f} | {rows['pillow'][name]:.1f} | {rows['pillow'][name] / us:.1f}x |")
 
 
 def load() -> str:
@@ -317,7 +368,7 @@ def main() -> None:
     parser.add_argument("--warm-words", type=int, default=20_000,
                         help="words laid out before timing, to fill the kerning cache as a long run has (0: none)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["per-core", "loader", "paired", "profile", "deferred"])
+                        choices=["per-core", "loader", "paired", "profile", "deferred", "ops"])
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.lower().split("x"))
 
@@ -352,6 +403,8 @@ def main() -> None:
             paired(trees, args, height, width)
         if "deferred" not in args.skip:
             deferred(args, height, width)
+        if "ops" not in args.skip:
+            ops_table(args)
         if "profile" not in args.skip:
             for name, path in trees:
                 rows = child(PROFILE_CHILD, path, args.warm_words, height, width, args.profile_count, 50)

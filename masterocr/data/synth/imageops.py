@@ -1,11 +1,11 @@
 """The renderer's pixel operations on small uint8 / float32 NumPy arrays, through OpenCV, or through Pillow and
 NumPy where OpenCV is not installed.
 
-On word crops of a few thousand pixels a call's overhead is most of its cost, and OpenCV's is a tenth of Pillow's
-(`benchmarks/synth_speed.py`). OpenCV is a requirement; the fallback keeps the renderer working on a machine
-that lacks it (a lent GPU machine whose Python cannot take a 60 MB wheel), more slowly. The two give the
-same geometry and filters but not the same bytes, so a seed renders the same pixels only with the same backend:
-`BACKEND` names the one in use.
+On word crops of a few thousand pixels a call's overhead is most of its cost, and OpenCV's calls cost several
+times less than Pillow's (`python benchmarks/synth_speed.py --skip per-core loader profile deferred`: its `ops`
+table). OpenCV is a requirement; the fallback keeps the renderer working on a machine that lacks it (a lent GPU
+machine whose Python cannot take a 60 MB wheel), more slowly. The two give the same geometry and filters but not
+the same bytes, so a seed renders the same pixels only with the same backend: `BACKEND` names the one in use.
 """
 
 from __future__ import annotations
