@@ -235,11 +235,16 @@ def export(ref: str, dest: str) -> str:
     return dest
 
 
-def child(code: str, pythonpath: str, warm_words: int, *args) -> dict:
+def child_command(code: str, pythonpath: str, warm_words: int, *args) -> tuple[list[str], dict]:
+    """(argv, environment) of a one-thread child running `code` (with `warm`) on the tree at `pythonpath`; run it
+    in that tree: `python -c` puts the working directory first on sys.path."""
     env = dict(os.environ, PYTHONPATH=pythonpath, OMP_NUM_THREADS="1", WARM_WORDS=str(warm_words))
-    # Run in the tree itself: `python -c` puts the working directory first on sys.path.
-    out = subprocess.run([sys.executable, "-c", with_warm(code), *map(str, args)], env=env, capture_output=True,
-                         text=True, cwd=pythonpath)
+    return [sys.executable, "-c", with_warm(code), *map(str, args)], env
+
+
+def child(code: str, pythonpath: str, warm_words: int, *args) -> dict:
+    argv, env = child_command(code, pythonpath, warm_words, *args)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=pythonpath)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({pythonpath}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -251,10 +256,8 @@ def paired(trees, args, height: int, width: int) -> None:
 
     procs = []
     for _, path in trees:
-        env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", WARM_WORDS=str(args.warm_words))
-        proc = subprocess.Popen([sys.executable, "-c", with_warm(PAIRED_CHILD), str(height), str(width)], env=env,
-                                cwd=path,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        argv, env = child_command(PAIRED_CHILD, path, args.warm_words, height, width)
+        proc = subprocess.Popen(argv, env=env, cwd=path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().startswith(path)  # the tree asked for
         procs.append(proc)
     n = args.chunk

@@ -497,10 +497,8 @@ def apply_motion_blur(img: np.ndarray, rng: np.random.Generator, strength: float
     return ops.correlate(img, kernel)
 
 
-_RESAMPLE_CUM = cumulative([0.5, 0.4, 0.1])  # bilinear, bicubic, nearest upsampling
-
-
-_RESAMPLE = ("linear", "cubic", "nearest")
+_RESAMPLE = ("linear", "cubic", "nearest")  # how a recognizer might upsample, and how often
+_RESAMPLE_CUM = cumulative([0.5, 0.4, 0.1])
 
 
 def upsample(img: np.ndarray, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
