@@ -16,7 +16,8 @@ benchmark crops (36-character protocol, the same evaluation path as `masterocr e
                   0, the cap growing linearly to 25 by step 1,000 (`data.short_words_first`)
     engine-nowarmup     our engine without the 200 learning-rate warm-up steps (`train.warmup=0`)
     engine+<change>     our engine with one setting of the `irregular` preset (ONE_CHANGE below): lowres,
-                  photo, perspective, curve, rotation, motion, scene (glow, emboss, cast shadows)
+                  photo, perspective, curve, rotation, motion, scene (glow, emboss, cast shadows),
+                  faces (the 23 display-face packages at the preset's weights)
 
 The last column is the validation accuracy on IIIT5K/train (a training split, allowed for validation) every
 500 steps: how soon each variant starts to read.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +43,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
+from masterocr.data.synth.config import PRESET_DIR  # noqa: E402
 from masterocr.evaluation import evaluate, open_benchmarks  # noqa: E402
 from masterocr.recognizer import load  # noqa: E402
 from masterocr.weights import read_checkpoint  # noqa: E402
@@ -67,6 +71,8 @@ ONE_CHANGE = {
     "rotation": "{effects: {rotation: {p: 1.0, strength: 5.0}}}",
     "motion": "{effects: {motion_blur: {p: 0.1, strength: 4.0}}}",
     "scene": "{effects: {glow: {p: 0.04}, emboss: {p: 0.05}, cast_shadow: {p: 0.12}}}",
+    # The preset's whole font section (its group weights replace the defaults' dict), read from the preset.
+    "faces": json.dumps({"fonts": yaml.safe_load((PRESET_DIR / "irregular.yaml").read_text())["fonts"]}),
 }
 VARIANTS.update({f"engine+{name}": [SYNTH + value] for name, value in ONE_CHANGE.items()})
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
