@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -43,9 +44,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from masterocr.data.synth.config import PRESET_DIR  # noqa: E402
+from masterocr.data.synth.config import build_config  # noqa: E402
 from masterocr.evaluation import evaluate, open_benchmarks  # noqa: E402
 from masterocr.recognizer import load  # noqa: E402
 from masterocr.weights import read_checkpoint  # noqa: E402
@@ -71,8 +71,8 @@ ONE_CHANGE = {
     "rotation": "{effects: {rotation: {p: 1.0, strength: 5.0}}}",
     "motion": "{effects: {motion_blur: {p: 0.1, strength: 4.0}}}",
     "scene": "{effects: {glow: {p: 0.04}, emboss: {p: 0.05}, cast_shadow: {p: 0.12}}}",
-    # The preset's whole font section (its group weights replace the defaults' dict), read from the preset.
-    "faces": json.dumps({"fonts": yaml.safe_load((PRESET_DIR / "irregular.yaml").read_text())["fonts"]}),
+    # The preset's whole font section, as the preset loader builds it (its group weights replace the defaults').
+    "faces": json.dumps({"fonts": dataclasses.asdict(build_config("irregular").fonts)}),
 }
 VARIANTS.update({f"engine+{name}": [SYNTH + value] for name, value in ONE_CHANGE.items()})
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
